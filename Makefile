@@ -1,0 +1,34 @@
+# bnspike: `make train` then `make test`. The first call creates .venv and installs.
+# TORCH picks the torch requirement; the default is the CPU wheel (no multi-GB CUDA download).
+# For a CUDA build: make TORCH='torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126'
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+CONFIG ?= configs/whitened_spike.yaml
+ARGS ?=
+PORT ?= 6006
+BIN := $(VENV)/bin
+
+.PHONY: train test tensorboard clean-venv
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv "$(VENV)"
+	"$(BIN)/pip" install --quiet --upgrade pip
+	"$(BIN)/pip" install --quiet $(TORCH)
+	"$(BIN)/pip" install --quiet -e ".[dev]"
+	touch "$@"
+
+train: $(BIN)/.installed
+	"$(BIN)/bnspike" train "$(CONFIG)" $(ARGS)
+
+test: $(BIN)/.installed
+	"$(BIN)/python" -m pytest -q
+
+# Every point of every series (the default serves 1,000 samples and hides a short spike;
+# scalars=0 serves none with TensorBoard 2.21), loopback only, reload every second.
+tensorboard: $(BIN)/.installed
+	"$(BIN)/tensorboard" --logdir runs --host 127.0.0.1 --port $(PORT) --load_fast=false \
+		--reload_interval 1 --samples_per_plugin scalars=1000000
+
+clean-venv:
+	rm -rf "$(VENV)"

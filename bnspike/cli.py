@@ -1,0 +1,72 @@
+"""Command line: `bnspike train CONFIG [key=value ...] [--run-dir DIR]`.
+
+Exit codes: 0 finished, 2 bad config or data (nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import sys
+
+from . import config
+from .data import DataError
+
+
+def new_run_dir(root: pathlib.Path, name: str) -> pathlib.Path:
+    """runs/<name>-<timestamp>, suffixed -2, -3 ... rather than ever reusing a directory."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        path = root / (f"{name}-{stamp}" if k == 1 else f"{name}-{stamp}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a fresh run directory under {root}")
+
+
+def claim_run_dir(path: pathlib.Path) -> pathlib.Path:
+    if path.exists():
+        raise FileExistsError(f"--run-dir {path} already exists; bnspike never overwrites a run "
+                              "(choose another directory or delete this one yourself)")
+    path.mkdir(parents=True)
+    return path
+
+
+def cmd_train(args) -> int:
+    from .loop import train  # torch import deferred so config errors print instantly
+
+    cfg = config.load(args.config, args.overrides)
+    run_dir = claim_run_dir(args.run_dir) if args.run_dir else new_run_dir(args.runs_root, cfg["name"])
+    print(f"bnspike: run directory {run_dir}", flush=True)
+    summary = train(cfg, run_dir)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnspike", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a config and log every step")
+    p.add_argument("config", type=pathlib.Path, help="YAML config, e.g. configs/whitened_spike.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr_w=2.5")
+    p.add_argument("--run-dir", type=pathlib.Path, help="exact run directory (must not exist)")
+    p.add_argument("--runs-root", type=pathlib.Path, default=pathlib.Path("runs"))
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (config.ConfigError, DataError, FileExistsError) as e:
+        print(f"bnspike: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Run configuration: load YAML safely, apply `key=value` overrides, validate, fill defaults.
+
+A config is a nested dict with four sections (data, model, optim, probes, log) plus a few
+top-level keys. Every key that exists is listed in SCHEMA below with its type and default;
+anything else is an error that names the nearest valid key. YAML's traps are closed here:
+duplicated keys are refused, `1e-3` (which PyYAML reads as a string) is accepted as a number,
+and `yes`/`no`/`on`/`off` are only accepted where a boolean is expected.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # "float", "int", "bool", "str", "list"
+    default: Any
+    choices: tuple = ()
+    min: float | None = None  # inclusive lower bound
+    positive: bool = False  # strictly > 0
+    max: float | None = None
+    nullable: bool = False
+    help: str = ""
+
+
+F, I, B, S, L = "float", "int", "bool", "str", "list"
+
+SCHEMA: dict[str, Any] = {
+    "name": Field(S, "run", help="run name; the run directory is runs/<name>-<timestamp>"),
+    "seed": Field(I, 0, min=0, help="torch seed (data and init have their own seeds)"),
+    "data": {
+        "source": Field(S, "synthetic", help="synthetic, sklearn, csv, npy, npz, callable or a registered name"),
+        "task": Field(S, "regression", choices=("regression", "classification")),
+        # synthetic
+        "n": Field(I, 256, positive=True),
+        "d": Field(I, 16, positive=True),
+        "spectrum": Field(S, "isotropic", choices=("isotropic", "linear", "power", "list")),
+        "spectrum_max": Field(F, 10.0, positive=True, help="largest eigenvalue for linear/power spectra"),
+        "spectrum_power": Field(F, 1.0, positive=True),
+        "spectrum_values": Field(L, [], help="eigenvalues of Sigma when spectrum=list"),
+        "teacher_norm": Field(F, 1.0, min=0.0),
+        "noise": Field(F, 0.0, min=0.0),
+        "data_seed": Field(I, 0, min=0),
+        # sklearn
+        "name": Field(S, "diabetes", help="sklearn dataset name (load_<name>)"),
+        # preprocessing (applied in this order)
+        "center": Field(B, True),
+        "standardize": Field(B, False),
+        "whiten": Field(S, "none", choices=("none", "cholesky", "zca", "pca")),
+        "whiten_ridge": Field(F, 0.0, min=0.0),
+        "center_target": Field(B, True),
+        "scale_target": Field(B, False, help="divide the target by its standard deviation"),
+    },
+    "model": {
+        "kind": Field(S, "bn_linear", choices=("bn_linear",)),
+        "eps": Field(F, 1e-10, positive=True, help="BatchNorm eps (torch refuses 0)"),
+        "alpha0": Field(F, 0.05, help="initial BN weight gamma (the paper's alpha)"),
+        "beta0": Field(F, 0.0, help="initial BN bias"),
+        "train_beta": Field(B, False),
+        "w0_norm": Field(F, 0.5, positive=True),
+        "w0_seed": Field(I, 1, min=0, help="numpy seed of the initial direction"),
+        "dtype": Field(S, "float64", choices=("float64", "float32")),
+        "device": Field(S, "cpu", choices=("cpu", "cuda", "auto")),
+    },
+    "optim": {
+        "loss": Field(S, "square", choices=("square",)),
+        "lr_w": Field(F, 1.0, positive=True, help="eta: step size of the linear weight"),
+        "lr_alpha": Field(F, 0.01, min=0.0, help="eta_alpha: step size of the BN weight"),
+        "lr_beta": Field(F, 0.01, min=0.0, help="step size of the BN bias (if model.train_beta)"),
+        "steps": Field(I, 400, positive=True),
+    },
+    "probes": {
+        "every": Field(I, 1, positive=True, help="log every k steps"),
+        "sharpness_every": Field(I, 1, min=0, help="0 turns the sharpness probe off"),
+        "sharpness_tol": Field(F, 1e-10, positive=True),
+        "sharpness_max_iter": Field(I, 64, positive=True, help="Lanczos products before the dense fallback"),
+        "sharpness_dense_max": Field(I, 64, min=0, help="exact dense Hessian up to this d"),
+        "extra": Field(L, [], help="user probes as 'package.module:Name'"),
+    },
+    "log": {
+        "flush_secs": Field(F, 2.0, positive=True),
+        "progress": Field(S, "auto", choices=("auto", "bar", "lines", "none")),
+    },
+}
+
+
+# ---------------------------------------------------------------- YAML loading
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicated mapping keys (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"duplicated key {key!r} at line {key_node.start_mark.line + 1} "
+                f"(first at line {seen[key] + 1}); YAML would silently keep the last one")
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | pathlib.Path) -> dict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # safe: SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+# ---------------------------------------------------------------- validation
+
+def _coerce(value: Any, spec: Field, where: str) -> Any:
+    """Check one value against its Field; return it in canonical type or raise ConfigError."""
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ConfigError(f"{where}: a value is required (got null)")
+    kind = spec.kind
+    if kind == B:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) and kind != B:
+        raise ConfigError(f"{where}: expected a {kind}, got the boolean {value!r} "
+                          "(YAML reads yes/no/on/off as booleans: quote it if you mean text)")
+    if kind in (F, I):
+        if isinstance(value, str):
+            try:  # PyYAML reads `1e-3` (no dot) as a string: accept the number the user wrote
+                value = float(value.strip()) if kind == F else int(value.strip(), 10)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if kind == I:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ConfigError(f"{where}: expected an integer, got {value!r}")
+                value = int(value)
+            if not isinstance(value, int):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        else:
+            if not isinstance(value, (int, float)):
+                raise ConfigError(f"{where}: expected a number, got {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: must be finite, got {value!r}")
+        if spec.positive and value <= 0:
+            raise ConfigError(f"{where}: must be > 0, got {value!r}")
+        if spec.min is not None and value < spec.min:
+            raise ConfigError(f"{where}: must be >= {spec.min}, got {value!r}")
+        if spec.max is not None and value > spec.max:
+            raise ConfigError(f"{where}: must be <= {spec.max}, got {value!r}")
+        return value
+    if kind == S:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected text, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            raise ConfigError(f"{where}: must be one of {', '.join(spec.choices)}; got {value!r}")
+        return value
+    if kind == L:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    raise AssertionError(kind)
+
+
+def _all_keys(schema: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in schema.items():
+        keys += _all_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+    return keys
+
+
+def _unknown(key: str, schema: dict, prefix: str, source: str) -> ConfigError:
+    full = prefix + key
+    near = difflib.get_close_matches(full, _all_keys(SCHEMA), n=1, cutoff=0.5)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys here: {', '.join(schema)}"
+    return ConfigError(f"{source}: unknown key {full!r}{hint}")
+
+
+def _validate(raw: dict, schema: dict, prefix: str, source: str) -> dict:
+    out = {}
+    for key, value in raw.items():
+        if key not in schema:
+            raise _unknown(str(key), schema, prefix, source)
+        spec = schema[key]
+        where = f"{source}: {prefix}{key}"
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
+            out[key] = _validate(value, spec, f"{prefix}{key}.", source)
+        else:
+            out[key] = _coerce(value, spec, where)
+    return out
+
+
+def _defaults(schema: dict) -> dict:
+    return {k: _defaults(v) if isinstance(v, dict) else copy.deepcopy(v.default)
+            for k, v in schema.items()}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`optim.lr_w=2.5` -> (['optim', 'lr_w'], 2.5). The value is parsed as YAML (safely)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. optim.lr_w=2.5")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        parsed = yaml.load(value, Loader=_StrictLoader) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+    return key.split("."), parsed
+
+
+def resolve(raw: dict, overrides: list[str] = (), source: str = "config") -> dict:
+    """Validate `raw` (from YAML) and the overrides against SCHEMA; return the full config."""
+    cfg = _defaults(SCHEMA)
+    _merge(cfg, _validate(raw, SCHEMA, "", source))
+    for text in overrides:
+        path, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        _merge(cfg, _validate(nested, SCHEMA, "", f"override {text!r}"))
+    return cfg
+
+
+def load(path: str | pathlib.Path, overrides: list[str] = ()) -> dict:
+    """Read a YAML config file, apply `key=value` overrides, validate, fill defaults."""
+    raw = load_yaml(path)
+    raw.setdefault("name", pathlib.Path(path).stem)
+    return resolve(raw, overrides, source=str(path))
+
+
+def dump(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,166 @@
+"""Probes: small objects that read the state after a step and return named scalars.
+
+    class MyProbe(Probe):
+        def setup(self, run):          # optional, once before training
+            self.sigma = torch.as_tensor(run.data.facts.sigma, dtype=run.dtype, device=run.device)
+        def __call__(self, state):     # after every logged step
+            return {"custom/w_sigma_norm": (state.w @ self.sigma @ state.w).sqrt()}
+
+Name it in the config as `probes.extra: ["mypackage.probes:MyProbe"]`. Return 0-dim tensors
+(preferred: the loop gathers every probe's tensors and syncs with the device once per step) or
+Python floats. Every value at step t describes the iterate w_t the step started from, plus the
+move to w_{t+1}: `loss/train` at t is R(w_t), `update/angle` at t is the angle(w_t, w_{t+1}).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import hessian
+
+
+@dataclass
+class RunContext:
+    """What a probe may look at once, before training."""
+    cfg: dict
+    data: "bnspike.data.Data"  # noqa: F821
+    model: torch.nn.Module
+    dtype: torch.dtype
+    device: torch.device
+
+
+@dataclass
+class StepState:
+    """The state after step `step`: the iterate it started from and the one it produced."""
+    step: int
+    loss: torch.Tensor  # R(w_t), train-mode BN on the full batch
+    w: torch.Tensor  # (d,) w_t
+    w_next: torch.Tensor  # (d,) w_{t+1}
+    grad_w: torch.Tensor  # (d,) grad_w R(w_t)
+    alpha: torch.Tensor  # 0-dim, BN weight at t
+    beta: torch.Tensor  # 0-dim, BN bias at t
+    lr_w: float  # step size of w in force at this step
+    hvp: Callable[[], tuple[Callable, Callable]]  # lazily builds (v -> Hv, V -> HV batched) at w_t
+
+
+class Probe:
+    """Base class: override __call__; setup is optional."""
+
+    def setup(self, run: RunContext) -> None:
+        pass
+
+    def __call__(self, state: StepState) -> dict[str, torch.Tensor | float]:
+        raise NotImplementedError
+
+
+class Mechanism(Probe):
+    """Every mechanism.md quantity in one fused computation (a dozen small tensor ops).
+
+    kappa = eta alpha rho / ||w||_Sigma^2. The loss is split exactly (any Sigma, any eps) as
+        R = 1/2 (alpha_eff - rho)^2 + 1/2 rho_max^2 sin^2 + 1/2 (beta - ybar)^2 + R*
+    with alpha_eff = alpha ||w||_Sigma / sqrt(||w||_Sigma^2 + eps) (-> alpha as eps -> 0).
+    sin^2 = ||v - cos v_ls||_Sigma^2 (v, v_ls of unit Sigma-norm): no 1 - cos^2 cancellation.
+    """
+
+    def setup(self, run: RunContext) -> None:
+        f = run.data.facts
+        as_t = lambda a: torch.as_tensor(a, dtype=run.dtype, device=run.device)  # noqa: E731
+        self.sigma, self.b = as_t(f.sigma), as_t(f.b)
+        w_ls = as_t(f.w_ls)
+        self.v_ls = w_ls / (w_ls @ self.sigma @ w_ls).sqrt()
+        self.rho_max, self.r_star, self.y_mean = f.rho_max, f.r_star, f.y_mean
+        self.eps = run.model.bn.eps
+
+    def __call__(self, s: StepState) -> dict[str, torch.Tensor]:
+        w_sigma2 = s.w @ (self.sigma @ s.w)
+        w_sigma = w_sigma2.sqrt()
+        v = s.w / w_sigma
+        rho = self.b @ v
+        cos = rho / self.rho_max
+        perp = v - cos * self.v_ls
+        sin2 = perp @ (self.sigma @ perp)
+        alpha_eff = s.alpha * w_sigma / (w_sigma2 + self.eps).sqrt()
+        norm_w = s.w.norm()
+        u, u_next = s.w / norm_w, s.w_next / s.w_next.norm()
+        return {
+            "loss/train": s.loss,
+            "loss/excess": s.loss - self.r_star,
+            "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
+            "loss/direction_term": 0.5 * self.rho_max ** 2 * sin2,
+            "loss/bias_term": 0.5 * (s.beta - self.y_mean) ** 2,
+            "norm/w": norm_w,
+            "norm/w_sigma": w_sigma,
+            "param/alpha": s.alpha,
+            "param/beta": s.beta,
+            "lr/effective": s.lr_w / norm_w ** 2,
+            "stability/kappa": s.lr_w * s.alpha * rho / w_sigma2,
+            "align/cos": cos,
+            "align/sin2": sin2,
+            "grad/norm_w": s.grad_w.norm(),
+            # ~0 for a scale-invariant weight (exactly 0 as eps -> 0): <w, grad> = 0
+            "grad/cos_w": (s.w @ s.grad_w) / (norm_w * s.grad_w.norm()),
+            # angle between unit vectors without arccos's loss of precision near 0
+            "update/angle": 2 * torch.atan2((u - u_next).norm(), (u + u_next).norm()),
+        }
+
+
+class Sharpness(Probe):
+    """Largest algebraic eigenvalue of the Hessian of the train-mode loss in w (autograd).
+
+    Exact dense eigh for d <= dense_max; otherwise warm-started Lanczos with a residual test
+    and the dense fallback. The products run on copies of BN's buffers: the running
+    statistics are left exactly as training leaves them.
+    """
+
+    def setup(self, run: RunContext) -> None:
+        pc = run.cfg["probes"]
+        self.every, self.tol, self.max_iter = pc["sharpness_every"], pc["sharpness_tol"], pc["sharpness_max_iter"]
+        self.dense_max = pc["sharpness_dense_max"]
+        self.vector: torch.Tensor | None = None
+        self.generator = torch.Generator(device=run.device).manual_seed(run.cfg["seed"])
+
+    def __call__(self, s: StepState) -> dict[str, torch.Tensor]:
+        if self.every == 0 or s.step % self.every:
+            return {}
+        hvp, hvp_batched = s.hvp()
+        d = s.w.numel()
+        top = None
+        if d > self.dense_max:
+            # warm start, nudged off the old eigenvector so the Krylov space is never trapped
+            start = torch.randn(d, generator=self.generator, dtype=s.w.dtype, device=s.w.device)
+            if self.vector is not None:
+                start = self.vector + 1e-3 * start / start.norm()
+            top = hessian.lanczos_top(hvp, start, self.max_iter, self.tol)
+        if top is None:
+            top = hessian.dense_top(hvp_batched, d, s.w)
+        self.vector = top.vector
+        return {"stability/sharpness": top.value, "stability/eta_sharpness": s.lr_w * top.value}
+
+
+BUILTIN = [Mechanism, Sharpness]
+
+
+def load_probe(spec: str) -> Probe:
+    """'package.module:ClassName' -> an instance (the class is called with no arguments)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"probes.extra: {spec!r} must look like 'package.module:ClassName'")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"probes.extra: cannot load {spec!r}: {e}") from None
+    probe = obj()
+    if not callable(probe):
+        raise ValueError(f"probes.extra: {spec!r} is not callable on a StepState")
+    return probe
+
+
+def build_probes(run: RunContext) -> list[Probe]:
+    probes = [cls() for cls in BUILTIN] + [load_probe(s) for s in run.cfg["probes"]["extra"]]
+    for p in probes:
+        if hasattr(p, "setup"):
+            p.setup(run)
+    return probes

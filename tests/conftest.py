@@ -1,0 +1,46 @@
+"""Shared fixtures: finished runs are expensive-ish, so each config is trained once per session."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+from bnspike import config
+from bnspike.loop import train
+from bnspike.sinks import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+
+class Run:
+    def __init__(self, run_dir: pathlib.Path, cfg: dict, summary: dict):
+        self.dir, self.cfg, self.summary = run_dir, cfg, summary
+        self.metrics = {k: np.asarray(v) for k, v in read_metrics(run_dir / "metrics.csv").items()}
+
+
+def run_config(tmp_path_factory, name: str, *overrides: str) -> Run:
+    cfg = config.load(CONFIGS / name, ["log.progress=none", *overrides])
+    run_dir = tmp_path_factory.mktemp(pathlib.Path(name).stem)
+    return Run(run_dir, cfg, train(cfg, run_dir))
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> Run:
+    """configs/whitened_spike.yaml exactly as a user runs it."""
+    return run_config(tmp_path_factory, "whitened_spike.yaml")
+
+
+@pytest.fixture(scope="session")
+def spike_run(tmp_path_factory) -> Run:
+    """The reference run with eps = 1e-30 (scale invariance to round-off) and a recording
+    probe, so every logged metric can be recomputed from w_t independently."""
+    Recorder.states.clear()
+    run = run_config(tmp_path_factory, "whitened_spike.yaml", "model.eps=1e-30",
+                     "probes.extra=['tests.recorder:Recorder']")
+    run.states = list(Recorder.states)
+    return run
+
+
+from tests.recorder import Recorder  # noqa: E402

@@ -1,0 +1,166 @@
+"""Every logged metric against an independent float64 computation (mechanism.md section 2-3)."""
+import numpy as np
+import pytest
+import torch
+
+from bnspike import config, hessian
+from bnspike.data import load_data
+from bnspike.probes import Sharpness, RunContext, StepState
+from bnspike.model import build_model
+from bnspike.loop import hvp_at, square_loss
+from tests.conftest import CONFIGS
+
+
+def independent_loss(w, alpha, beta, X, y, eps):
+    Xc = X - X.mean(0)
+    s2 = w @ (Xc.T @ Xc / len(X)) @ w
+    f = alpha * (Xc @ w) / np.sqrt(s2 + eps) + beta
+    return 0.5 * np.mean((y - f) ** 2)
+
+
+def dense_hessian_top(w, alpha, beta, X, y, eps):
+    """Top ALGEBRAIC eigenvalue of the Hessian in w of the closed-form train-mode loss."""
+    X, y = torch.as_tensor(X), torch.as_tensor(y)
+    Xc = X - X.mean(0)
+
+    def loss(w):
+        z = Xc @ w
+        return 0.5 * torch.mean((alpha * z / torch.sqrt(z.pow(2).mean() + eps) + beta - y) ** 2)
+
+    H = torch.autograd.functional.hessian(loss, torch.as_tensor(w))
+    return torch.linalg.eigvalsh(H).numpy()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data(config.load(CONFIGS / "whitened_spike.yaml"))
+
+
+def test_loss_terms_sum_to_train_loss(spike_run, data):
+    m = spike_run.metrics
+    total = m["loss/scale_term"] + m["loss/direction_term"] + m["loss/bias_term"] + data.facts.r_star
+    np.testing.assert_allclose(total, m["loss/train"], rtol=1e-10)
+    np.testing.assert_allclose(m["loss/excess"], m["loss/train"] - data.facts.r_star, rtol=1e-12)
+
+
+def test_logged_values_match_recomputation_from_w(spike_run, data):
+    m = spike_run.metrics
+    eps = spike_run.cfg["model"]["eps"]
+    b = data.X.T @ data.y / len(data.y)
+    for step, w, alpha, beta, lr in spike_run.states[::7]:
+        loss = independent_loss(w, alpha, beta, data.X, data.y, eps)
+        assert m["loss/train"][step] == pytest.approx(loss, rel=1e-12)
+        rho = b @ w / np.linalg.norm(w)  # Sigma = I
+        assert m["align/cos"][step] == pytest.approx(rho / np.linalg.norm(b), rel=1e-10)
+        assert m["stability/kappa"][step] == pytest.approx(lr * alpha * rho / (w @ w), rel=1e-10)
+        assert m["lr/effective"][step] == pytest.approx(lr / (w @ w), rel=1e-14)
+        assert m["norm/w"][step] == pytest.approx(np.linalg.norm(w), rel=1e-14)
+        assert m["param/alpha"][step] == alpha
+        # sin^2 against a direct, cancellation-free formula for Sigma = I: |u x b|^2 / |b|^2
+        u, bh = w / np.linalg.norm(w), b / np.linalg.norm(b)
+        sin2 = np.sum((u - (u @ bh) * bh) ** 2)
+        # both sides carry ~1e-16 absolute error in the perpendicular component
+        assert abs(m["align/sin2"][step] - sin2) <= 1e-6 * sin2 + 1e-15 * np.sqrt(sin2)
+
+
+def test_norm_law_holds_every_step(spike_run):
+    m, eta = spike_run.metrics, spike_run.cfg["optim"]["lr_w"]
+    lhs = m["norm/w"][1:] ** 2 - m["norm/w"][:-1] ** 2
+    rhs = eta ** 2 * m["grad/norm_w"][:-1] ** 2
+    big = rhs > 1e-6 * m["norm/w"][:-1] ** 2  # elsewhere the difference is below round-off
+    assert big.sum() > 30
+    np.testing.assert_allclose(lhs[big], rhs[big], rtol=1e-9)
+    assert np.all(np.diff(m["norm/w"]) >= -1e-15)  # the norm never shrinks
+
+
+def test_update_angle_is_angle_between_consecutive_iterates(spike_run):
+    states = spike_run.states
+    for (step, w, *_), (_, w_next, *_) in list(zip(states, states[1:]))[170:195]:
+        # |w x w'|^2 from the wedge product, no cancellation for small angles
+        cross2 = 0.5 * np.sum((np.outer(w, w_next) - np.outer(w_next, w)) ** 2)
+        angle = np.arctan2(np.sqrt(cross2), w @ w_next)
+        assert spike_run.metrics["update/angle"][step] == pytest.approx(angle, rel=1e-9)
+
+
+def test_sharpness_equals_dense_autograd_hessian(spike_run, data):
+    m = spike_run.metrics
+    eps = spike_run.cfg["model"]["eps"]
+    for step, w, alpha, beta, lr in spike_run.states[::23] + spike_run.states[178:190]:
+        top = dense_hessian_top(w, alpha, beta, data.X, data.y, eps)[-1]
+        assert m["stability/sharpness"][step] == pytest.approx(top, rel=1e-6)
+        assert m["stability/eta_sharpness"][step] == pytest.approx(lr * top, rel=1e-6)
+
+
+def test_kappa_equals_eta_sharpness_near_alignment(spike_run):
+    m = spike_run.metrics
+    aligned = (m["align/sin2"] < 1e-20) & (m["step"] > 20)
+    assert aligned.sum() > 100
+    np.testing.assert_allclose(m["stability/kappa"][aligned], m["stability/eta_sharpness"][aligned], rtol=1e-8)
+
+
+def _state_at(w, alpha, beta, cfg, d):
+    """A StepState at a chosen point, with the live model's Hessian-vector products."""
+    data = load_data(cfg)
+    model = build_model(cfg, d)
+    X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
+    wt = torch.as_tensor(w)
+    a, b = torch.tensor(alpha, dtype=torch.float64), torch.tensor(beta, dtype=torch.float64)
+    state = StepState(step=0, loss=torch.tensor(0.0), w=wt, w_next=wt, grad_w=wt, alpha=a, beta=b,
+                      lr_w=1.0, hvp=lambda: hvp_at(model, X, y, square_loss, wt, a.view(1), b.view(1)))
+    return state, RunContext(cfg, data, model, torch.float64, torch.device("cpu")), data
+
+
+@pytest.mark.parametrize("dense_max", [64, 0])  # exact dense path, and Lanczos
+def test_sharpness_is_largest_algebraic_not_largest_magnitude(dense_max):
+    """Near anti-alignment the Hessian's most negative eigenvalue dominates in magnitude."""
+    d = 40
+    cfg = config.load(CONFIGS / "whitened_spike.yaml",
+                      ["data.d=40", "data.spectrum=linear", "data.whiten=none", "data.noise=0.3",
+                       f"probes.sharpness_dense_max={dense_max}"])
+    data = load_data(cfg)
+    w = -data.facts.w_ls + 0.05 * np.random.default_rng(3).standard_normal(d)
+    state, run, data = _state_at(w, 3.0, 0.1, cfg, d)
+    probe = Sharpness()
+    probe.setup(run)
+    got = float(probe(state)["stability/sharpness"])
+    evals = dense_hessian_top(w, 3.0, 0.1, data.X, data.y, cfg["model"]["eps"])
+    assert abs(evals[0]) > 3 * abs(evals[-1])  # the trap: magnitude would pick evals[0]
+    assert got == pytest.approx(evals[-1], rel=1e-8)
+
+
+def test_lanczos_converges_to_top_eigenvalue_with_warm_start():
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+    evals = np.concatenate([[-50.0], np.linspace(-1, 5, 198), [7.0]])
+    H = torch.as_tensor(Q @ np.diag(evals) @ Q.T)
+    top = hessian.lanczos_top(lambda v: H @ v, torch.as_tensor(rng.standard_normal(200)), 200, 1e-12)
+    assert float(top.value) == pytest.approx(7.0, rel=1e-10)
+    warm = hessian.lanczos_top(lambda v: H @ v, top.vector + 1e-3 * torch.randn(200, dtype=torch.float64), 200, 1e-12)
+    assert float(warm.value) == pytest.approx(7.0, rel=1e-10) and warm.products < top.products
+
+
+def test_sharpness_leaves_batchnorm_running_buffers_untouched(spike_run):
+    cfg = spike_run.cfg
+    data = load_data(cfg)
+    model = build_model(cfg, 16)
+    before = {k: v.clone() for k, v in model.named_buffers()}
+    X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
+    hvp, _ = hvp_at(model, X, y, square_loss, model.w.detach().flatten(), model.alpha.detach(), model.beta.detach())
+    hvp(torch.ones(16, dtype=torch.float64))
+    for k, v in model.named_buffers():
+        assert torch.equal(v, before[k]), k
+
+
+def test_gradient_is_orthogonal_to_w(spike_run):
+    """Scale invariance: <w, grad_w R> = 0 up to round-off when eps is negligible."""
+    m = spike_run.metrics
+    # the radial part <w, g>/|w| is a sum of O(1) terms cancelling: round-off ~1e-16 absolute
+    radial = np.abs(m["grad/cos_w"]) * m["grad/norm_w"]
+    assert np.all(radial < 1e-14)
+    resolved = m["grad/norm_w"] > 1e-4
+    assert resolved.sum() > 40 and np.all(np.abs(m["grad/cos_w"][resolved]) < 1e-10)
+    for step, w, alpha, beta, lr in spike_run.states[::50]:
+        g_next = spike_run.states[step + 1][1] - w  # = -eta * grad for plain gradient descent
+        if np.linalg.norm(g_next) > 1e-8:
+            cos = -(w @ g_next) / np.linalg.norm(w) / np.linalg.norm(g_next)
+            assert m["grad/cos_w"][step] == pytest.approx(cos, abs=1e-10)
