@@ -5,6 +5,7 @@ Exit codes: 0 finished, 2 bad config or data (nothing written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import pathlib
@@ -42,7 +43,12 @@ def cmd_train(args) -> int:
     cfg = config.load(args.config, args.overrides)
     run_dir = claim_run_dir(args.run_dir) if args.run_dir else new_run_dir(args.runs_root, cfg["name"])
     print(f"bnspike: run directory {run_dir}", flush=True)
-    summary = train(cfg, run_dir)
+    try:
+        summary = train(cfg, run_dir)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only if training failed before writing anything: never lose data
+        raise
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import ConfigError
+
 
 class BNLinear(nn.Module):
     def __init__(self, d: int, eps: float):
@@ -47,7 +49,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model.device: 'cuda' was asked for but torch sees no CUDA device "
+        raise ConfigError("model.device: 'cuda' was asked for but torch sees no CUDA device "
                            f"(torch {torch.__version__}, CUDA build: {torch.version.cuda}); "
                            "use model.device=cpu or auto")
     return torch.device(name)
