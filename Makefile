@@ -7,6 +7,7 @@ VENV ?= .venv
 CONFIG ?= configs/whitened_spike.yaml
 ARGS ?=
 PORT ?= 6006
+LOGDIR ?= runs
 BIN := $(VENV)/bin
 
 .PHONY: train test tensorboard clean-venv
@@ -27,7 +28,7 @@ test: $(BIN)/.installed
 # Every point of every series (the default serves 1,000 samples and hides a short spike;
 # scalars=0 serves none with TensorBoard 2.21), loopback only, reload every second.
 tensorboard: $(BIN)/.installed
-	"$(BIN)/tensorboard" --logdir runs --host 127.0.0.1 --port $(PORT) --load_fast=false \
+	"$(BIN)/tensorboard" --logdir "$(LOGDIR)" --host 127.0.0.1 --port $(PORT) --load_fast=false \
 		--reload_interval 1 --samples_per_plugin scalars=1000000
 
 clean-venv:

@@ -1,18 +1,19 @@
-"""Start a real TensorBoard on 127.0.0.1 for a test and read scalars back over its HTTP API."""
+"""Start a real TensorBoard exactly as `make tensorboard` does (port 0: any free port) and
+read scalars back over its HTTP API."""
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import pathlib
 import re
+import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 
-TB_FLAGS = ["--host", "127.0.0.1", "--port", "0", "--load_fast=false", "--reload_interval", "1",
-            "--samples_per_plugin", "scalars=1000000"]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 class TensorBoard:
@@ -41,9 +42,9 @@ class TensorBoard:
 
 @contextlib.contextmanager
 def tensorboard(logdir: pathlib.Path, timeout: float = 120):
-    tb = pathlib.Path(sys.executable).with_name("tensorboard")
-    proc = subprocess.Popen([str(tb), "--logdir", str(logdir), *TB_FLAGS],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(["make", "-s", "-C", str(ROOT), "tensorboard", f"LOGDIR={logdir}", "PORT=0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: stop make and tensorboard
     try:
         deadline = time.monotonic() + timeout
         for line in proc.stdout:  # it prints "TensorBoard 2.x at http://127.0.0.1:PORT/"
@@ -56,5 +57,5 @@ def tensorboard(logdir: pathlib.Path, timeout: float = 120):
         else:
             raise RuntimeError(f"TensorBoard exited with code {proc.wait()}")
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
