@@ -18,7 +18,7 @@ def bnspike(*args, cwd=ROOT):
 
 def test_train_with_overrides_writes_one_run_directory(tmp_path):
     r = bnspike("train", CONFIGS / "whitened_spike.yaml", "optim.steps=30", "optim.lr_w=2.5",
-                "name=cli test", "--runs-root", tmp_path)
+                "--runs-root", tmp_path, "name=cli test")  # overrides may also follow options
     assert r.returncode == 0, r.stderr
     (run_dir,) = tmp_path.iterdir()
     assert run_dir.name.startswith("cli test-")
@@ -42,6 +42,12 @@ def test_existing_run_directory_is_never_overwritten(tmp_path):
     assert "already exists" in r.stderr and str(run_dir) in r.stderr
     assert (run_dir / "metrics.csv").read_text() == "precious\n"
     assert sorted(p.name for p in run_dir.iterdir()) == ["metrics.csv"]
+
+
+def test_unknown_option_is_refused(tmp_path):
+    r = bnspike("train", CONFIGS / "whitened_spike.yaml", "--bogus", "--runs-root", tmp_path)
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_bad_override_names_the_key_and_writes_nothing(tmp_path):
