@@ -24,7 +24,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # "float", "int", "bool", "str", "list"
+    kind: str  # "float", "int", "bool", "str", "list", "mapping", "column" (a name or an index)
     default: Any
     choices: tuple = ()
     min: float | None = None  # inclusive lower bound
@@ -34,14 +34,15 @@ class Field:
     help: str = ""
 
 
-F, I, B, S, L = "float", "int", "bool", "str", "list"
+F, I, B, S, L, M, C = "float", "int", "bool", "str", "list", "mapping", "column"
 
 SCHEMA: dict[str, Any] = {
     "name": Field(S, "run", help="run name; the run directory is runs/<name>-<timestamp>"),
     "seed": Field(I, 0, min=0, help="torch seed (data and init have their own seeds)"),
-    "data": {
-        "source": Field(S, "synthetic", help="synthetic, sklearn, csv, npy, npz, callable or a registered name"),
-        "task": Field(S, "regression", choices=("regression", "classification")),
+    "data": {  # bnspike/data/__init__.py lists which source reads which key
+        "source": Field(S, "synthetic", help="synthetic, csv, npy, npz, callable, sklearn or a registered name"),
+        "task": Field(S, "regression", choices=("regression", "classification"),
+                      help="classification maps two distinct labels to -1/+1"),
         # synthetic
         "n": Field(I, 256, positive=True),
         "d": Field(I, 16, positive=True),
@@ -52,15 +53,31 @@ SCHEMA: dict[str, Any] = {
         "teacher_norm": Field(F, 1.0, min=0.0),
         "noise": Field(F, 0.0, min=0.0),
         "data_seed": Field(I, 0, min=0),
+        # files (relative paths start where bnspike runs)
+        "path": Field(S, "", help="the csv or npz file"),
+        "target": Field(C, None, nullable=True, help="csv target column: name or index (-1: last)"),
+        "header": Field(S, "auto", choices=("auto", "present", "absent"), help="csv first line"),
+        "delimiter": Field(S, ","),
+        "columns": Field(L, [], help="csv feature columns to keep, names or indices (default: all)"),
+        "drop": Field(L, [], help="csv columns to leave out, names or indices"),
+        "x_path": Field(S, "", help="npy file of the features, shape (n, d)"),
+        "y_path": Field(S, "", help="npy file of the target, shape (n,)"),
+        "x_key": Field(S, "X", help="npz array of the features"),
+        "y_key": Field(S, "y", help="npz array of the target"),
+        # python
+        "function": Field(S, "", help="callable source: 'package.module:function' returning (X, y)"),
+        "module": Field(S, "", help="module to import that registers data.source (bnspike.data.register)"),
+        "kwargs": Field(M, {}, help="keyword arguments of data.function or of the registered dataset"),
         # sklearn
-        "name": Field(S, "diabetes", help="sklearn dataset name (load_<name>)"),
+        "name": Field(S, "diabetes", help="dataset shipped with scikit-learn: diabetes, breast_cancer, ..."),
         # preprocessing (applied in this order)
         "center": Field(B, True),
         "standardize": Field(B, False),
         "whiten": Field(S, "none", choices=("none", "cholesky", "zca", "pca")),
-        "whiten_ridge": Field(F, 0.0, min=0.0),
-        "center_target": Field(B, True),
-        "scale_target": Field(B, False, help="divide the target by its standard deviation"),
+        "whiten_ridge": Field(F, 0.0, min=0.0, help="whiten Sigma + ridge * I (then X^T X / n is not I)"),
+        "whiten_components": Field(I, 0, min=0, help="pca: keep the top k components (0: all)"),
+        "center_target": Field(B, True, help="regression only; labels are mapped to -1/+1"),
+        "scale_target": Field(B, False, help="regression only: divide the target by its standard deviation"),
     },
     "model": {
         "kind": Field(S, "bn_linear", choices=("bn_linear",)),
@@ -185,6 +202,14 @@ def _coerce(value: Any, spec: Field, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return list(value)
+    if kind == M:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping of names to values, got {value!r}")
+        return dict(value)
+    if kind == C:
+        if not isinstance(value, (str, int)):
+            raise ConfigError(f"{where}: expected a column name or index, got {value!r}")
+        return value
     raise AssertionError(kind)
 
 

@@ -57,6 +57,7 @@ def hvp_at(model, X, y, loss_fn, w, alpha, beta):
 def train(cfg: dict, run_dir: pathlib.Path) -> dict:
     torch.manual_seed(cfg["seed"])
     data = load_data(cfg)
+    print(f"bnspike: data {data.description}", flush=True)  # includes a classification label map
     model = build_model(cfg, data.facts.d)
     dtype, device = model.w.dtype, model.w.device
     X = torch.as_tensor(data.X, dtype=dtype, device=device)
