@@ -53,15 +53,15 @@ SOURCES = {
 }
 COMMON = ("source", "task", "center", "standardize", "whiten", "center_target", "scale_target",
                "whiten_ridge", "whiten_components")
-# keys read only when other keys say so
+# keys read only when other keys say so: (the condition in words, its test)
 READ_WHEN = {
-    "whiten_ridge": lambda dc: dc["whiten"] != "none",
-    "whiten_components": lambda dc: dc["whiten"] == "pca",
-    "center_target": lambda dc: dc["task"] == "regression",
-    "scale_target": lambda dc: dc["task"] == "regression",
-    "spectrum_max": lambda dc: dc["spectrum"] in ("linear", "power"),
-    "spectrum_power": lambda dc: dc["spectrum"] == "power",
-    "spectrum_values": lambda dc: dc["spectrum"] == "list",
+    "whiten_ridge": ("data.whiten is not 'none'", lambda dc: dc["whiten"] != "none"),
+    "whiten_components": ("data.whiten is 'pca'", lambda dc: dc["whiten"] == "pca"),
+    "center_target": ("data.task is 'regression'", lambda dc: dc["task"] == "regression"),
+    "scale_target": ("data.task is 'regression'", lambda dc: dc["task"] == "regression"),
+    "spectrum_max": ("data.spectrum is 'linear' or 'power'", lambda dc: dc["spectrum"] in ("linear", "power")),
+    "spectrum_power": ("data.spectrum is 'power'", lambda dc: dc["spectrum"] == "power"),
+    "spectrum_values": ("data.spectrum is 'list'", lambda dc: dc["spectrum"] == "list"),
 }
 
 REGISTERED: dict[str, Callable] = {}
@@ -102,11 +102,14 @@ def _source(dc: dict) -> Source:
 def _refuse_unread_keys(dc: dict, source: Source) -> None:
     defaults = config.SCHEMA["data"]
     for key, value in dc.items():
-        read = key in COMMON or key in source.keys
-        if value != defaults[key].default and not (read and READ_WHEN.get(key, lambda dc: True)(dc)):
-            raise DataError(f"data.{key} is set to {value!r} but nothing reads it with data.source "
-                            f"{dc['source']!r}, data.task {dc['task']!r}, data.whiten {dc['whiten']!r}"
-                            f" and data.spectrum {dc['spectrum']!r}; remove it")
+        if value == defaults[key].default:
+            continue
+        if key not in COMMON and key not in source.keys:
+            raise DataError(f"data.{key} is set to {value!r}, but data.source {dc['source']!r} does "
+                            "not read it; remove it")
+        when, test = READ_WHEN.get(key, ("", None))
+        if test is not None and not test(dc):
+            raise DataError(f"data.{key} is set to {value!r}, but it is only read when {when}; remove it")
 
 
 def _describe(origin: Origin, X, dc: dict, label_map: dict | None) -> str:

@@ -23,4 +23,4 @@ def load_sklearn(dc: dict) -> Raw:
     bunch = getattr(sklearn.datasets, f"load_{name}")()
     columns = tuple(repr(str(f)) for f in bunch.feature_names)
     return Raw(np.asarray(bunch.data), np.asarray(bunch.target),
-               Origin(f"sklearn {name}", columns=columns, target="target"))
+               Origin(f"sklearn {name}", columns=columns, target="array 'target'"))

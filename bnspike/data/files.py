@@ -187,7 +187,7 @@ def load_npy(dc: dict) -> Raw:
     for arr, path, key in ((X, x_path, "data.x_path"), (y, y_path, "data.y_path")):
         if not isinstance(arr, np.ndarray):
             raise DataError(f"{key}: {path} is an .npz archive; use data.source: npz")
-    origin = Origin(f"{x_path} (features) and {y_path} (target)", target=f"in {y_path}")
+    origin = Origin(f"{x_path}, {y_path}", target=f"in {y_path.name}")
     return Raw(X, y, origin)
 
 
