@@ -10,6 +10,7 @@ from bnspike import cli, config
 from bnspike.data import load_data
 from bnspike.loop import train
 from bnspike.model import initial_weight
+from bnspike.sinks import read_metrics
 from tests.conftest import ROOT
 from tests.datasets import toy
 
@@ -208,11 +209,20 @@ def test_breast_cancer_from_sklearn_maps_labels_to_plus_minus_one():
     np.testing.assert_allclose(data.X.std(0), 1.0, rtol=1e-12)
 
 
-def test_shipped_csv_example_trains_from_the_command_line(tmp_path, monkeypatch, capsys):
+def test_shipped_csv_example_trains_from_the_command_line_and_spikes(tmp_path, monkeypatch, capsys):
+    """configs/toy_csv.yaml as the README runs it, to just past the spike its comment describes."""
     monkeypatch.chdir(ROOT)  # the config's data path is relative to the repository root
-    rc = cli.main(["train", "configs/toy_csv.yaml", "optim.steps=3", "log.progress=none",
+    rc = cli.main(["train", "configs/toy_csv.yaml", "optim.steps=125", "log.progress=none",
                    "--run-dir", str(tmp_path / "run")])
     assert rc == 0
     assert "examples/data/toy.csv: n=200 d=5, features centred, standardised" in capsys.readouterr().out
     saved = config.load(tmp_path / "run" / "config.yaml")
     assert saved["data"]["path"] == "examples/data/toy.csv" and saved["data"]["standardize"] is True
+    m = {k: np.asarray(v) for k, v in read_metrics(tmp_path / "run" / "metrics.csv").items()}
+    excess, es, norm = m["loss/excess"], m["stability/eta_sharpness"], m["norm/w"]
+    assert 40 <= np.argmax(es > 2) <= 50 and np.all(m["stability/kappa"] < 2)
+    rises = np.flatnonzero(np.diff(excess) > 0) + 1
+    assert rises.size and 95 <= rises[0] <= 110  # monotone descent for ~100 steps, then the spike
+    peak = 95 + int(np.argmax(excess[95:115]))
+    assert excess[peak] > 2 * excess[:peak].min()
+    assert norm[90] < 1.06 and norm[-1] > 1.45 and es[-1] < 2.5
