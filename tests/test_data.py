@@ -71,17 +71,20 @@ def test_same_data_from_every_source_gives_identical_metrics(toy_runs):
         assert (run_dir / "metrics.csv").read_bytes() == reference, name
 
 
+def assert_first_loss_is_closed_form(cfg, run_dir, X, y):
+    """loss/train at step 0 against an independent numpy forward pass on the expected arrays."""
+    mc = cfg["model"]
+    w = initial_weight(X.shape[1], mc["w0_norm"], mc["w0_seed"])
+    Xc = X - X.mean(0)
+    f = mc["alpha0"] * (Xc @ w) / np.sqrt(w @ (Xc.T @ Xc / len(Xc)) @ w + mc["eps"])
+    loss = read_metrics(run_dir / "metrics.csv")["loss/train"][0]
+    assert loss == pytest.approx(0.5 * np.mean((y - f) ** 2), rel=1e-12)
+
+
 def test_first_logged_loss_matches_closed_form(toy_runs):
-    """loss/train at step 0 against an independent numpy forward pass on standardised data."""
     X, y = toy()
-    Xs = (X - X.mean(0)) / X.std(0)
-    yc = y - y.mean()
     cfg, run_dir = toy_runs["npz"]
-    w = initial_weight(3, cfg["model"]["w0_norm"], cfg["model"]["w0_seed"])
-    f = cfg["model"]["alpha0"] * (Xs @ w) / np.sqrt(w @ (Xs.T @ Xs / len(Xs)) @ w + cfg["model"]["eps"])
-    first = (run_dir / "metrics.csv").read_text().splitlines()[1].split(",")
-    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert float(first[header.index("loss/train")]) == pytest.approx(0.5 * np.mean((yc - f) ** 2), rel=1e-12)
+    assert_first_loss_is_closed_form(cfg, run_dir, (X - X.mean(0)) / X.std(0), y - y.mean())
     assert "centred, standardised" in load_data(cfg).description
 
 
@@ -98,8 +101,9 @@ def test_synthetic_spectrum_scales_the_gaussian_draw(spectrum, extra, expected):
     np.testing.assert_allclose(data.X, raw - raw.mean(0), rtol=0, atol=1e-14)
 
 
-def test_synthetic_classification_labels_are_the_sign_of_the_teacher():
-    data = load_data(data_cfg("data.task=classification", "data.noise=0.5", "data.n=300", "data.d=5"))
+def test_synthetic_classification_labels_are_the_sign_of_the_teacher(tmp_path):
+    cfg = data_cfg("data.task=classification", "data.noise=0.5", "data.n=300", "data.d=5", *STEPS[:2])
+    data = load_data(cfg)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 5))
     X -= X.mean(0)
@@ -107,6 +111,8 @@ def test_synthetic_classification_labels_are_the_sign_of_the_teacher():
     t = X @ (w_star / np.linalg.norm(w_star)) + 0.5 * rng.standard_normal(300)
     np.testing.assert_array_equal(data.y, np.sign(t))
     assert data.label_map == {-1.0: -1, 1.0: 1} and 100 < (data.y > 0).sum() < 200
+    train(cfg, tmp_path)
+    assert_first_loss_is_closed_form(cfg, tmp_path, X, np.sign(t))
 
 
 def correlated(n=60, d=4, seed=5):
@@ -144,6 +150,8 @@ def test_pca_components_and_ridge(tmp_path):
     top2 = load_data(data_cfg("data.whiten=pca", "data.whiten_components=2", **files))
     assert top2.X.shape == (60, 2)
     np.testing.assert_allclose(top2.X.T @ top2.X / 60, np.eye(2), rtol=0, atol=1e-10)
+    synthetic = load_data(data_cfg("data.whiten=pca", "data.whiten_components=3", "data.d=5", "data.n=40"))
+    assert synthetic.X.shape == (40, 3) and synthetic.y.shape == (40,)  # the teacher sees 3 columns
     ridged = load_data(data_cfg("data.whiten=zca", "data.whiten_ridge=0.5", **files))
     Xc = X - X.mean(0)
     sigma = Xc.T @ Xc / 60
@@ -198,15 +206,18 @@ def test_csv_text_labels_header_detection_and_column_selection(tmp_path):
         np.testing.assert_array_equal(got.X, kept.X)
 
 
-def test_breast_cancer_from_sklearn_maps_labels_to_plus_minus_one():
-    data = load_data(data_cfg("data.task=classification", "data.standardize=true",
-                              source="sklearn", name="breast_cancer"))
+def test_breast_cancer_from_sklearn_maps_labels_to_plus_minus_one(tmp_path):
+    cfg = data_cfg("data.task=classification", *STEPS, source="sklearn", name="breast_cancer")
+    data = load_data(cfg)
     import sklearn.datasets
     bunch = sklearn.datasets.load_breast_cancer()
     assert data.X.shape == (569, 30) and data.label_map == {0: -1, 1: 1}  # malignant 0, benign 1
     np.testing.assert_array_equal(data.y, np.where(bunch.target == 1, 1.0, -1.0))
     assert (data.y == -1).sum() == 212 and (data.y == 1).sum() == 357
     np.testing.assert_allclose(data.X.std(0), 1.0, rtol=1e-12)
+    train(cfg, tmp_path)  # square loss on the -1/+1 labels until the logistic loss exists
+    X = (bunch.data - bunch.data.mean(0)) / bunch.data.std(0)
+    assert_first_loss_is_closed_form(cfg, tmp_path, X, 2.0 * bunch.target - 1.0)
 
 
 def test_shipped_csv_example_trains_from_the_command_line_and_spikes(tmp_path, monkeypatch, capsys):

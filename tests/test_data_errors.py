@@ -223,7 +223,13 @@ def test_callable_errors_name_the_key():
 def test_unknown_source_and_sklearn_name():
     with pytest.raises(DataError) as e:
         load(source="svc")
-    assert_names(str(e.value), "data.source", "unknown source 'svc'", "did you mean 'csv'", "data.module")
+    assert_names(str(e.value), "data.source", "unknown source 'svc'", "did you mean 'csv'", "needs data.module")
+    with pytest.raises(DataError) as e:
+        load(source="toy_registred", module="tests.datasets")
+    assert_names(str(e.value), "did you mean 'toy_registered'", "data.module 'tests.datasets' registers no such name")
+    with pytest.raises(DataError) as e:
+        load(source="toy_registered", module="tests.nothere")
+    assert_names(str(e.value), "data.module: cannot import 'tests.nothere'")
     with pytest.raises(DataError) as e:
         load(source="sklearn", name="breast_cancr")
     assert_names(str(e.value), "data.name", "did you mean 'breast_cancer'")

@@ -52,7 +52,7 @@ SOURCES = {
     "sklearn": Source(bundled.load_sklearn, ("name",)),
 }
 COMMON = ("source", "task", "center", "standardize", "whiten", "center_target", "scale_target",
-               "whiten_ridge", "whiten_components")
+          "whiten_ridge", "whiten_components")
 # keys read only when other keys say so: (the condition in words, its test)
 READ_WHEN = {
     "whiten_ridge": ("data.whiten is not 'none'", lambda dc: dc["whiten"] != "none"),
@@ -90,11 +90,12 @@ def _source(dc: dict) -> Source:
     if dc["module"]:
         python.import_module(dc["module"], "data.module")
     if name not in REGISTERED:
-        known = [*SOURCES, *REGISTERED]
-        near = difflib.get_close_matches(name, known, n=1)
-        raise DataError(f"data.source: unknown source {name!r}" + (f"; did you mean {near[0]!r}?" if near else "")
-                        + f" Built in: {', '.join(SOURCES)}; registered: {', '.join(REGISTERED) or 'none'}"
-                        + ("" if dc["module"] else "; set data.module to the module that registers it"))
+        near = difflib.get_close_matches(name, [*SOURCES, *REGISTERED], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        module = (f"data.module {dc['module']!r} registers no such name" if dc["module"] else
+                  "a dataset registered in your package needs data.module naming the module that registers it")
+        raise DataError(f"data.source: unknown source {name!r}{hint}; built in: {', '.join(SOURCES)}; "
+                        f"registered: {', '.join(REGISTERED) or 'none'}; {module}")
     fn = REGISTERED[name]
     return Source(lambda dc: python.call(fn, dc["kwargs"], f"dataset {name!r}"), ("module", "kwargs"))
 

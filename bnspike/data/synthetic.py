@@ -32,13 +32,13 @@ def load(dc: dict) -> Raw:
     rng = np.random.default_rng(dc["data_seed"])
     X = rng.standard_normal((dc["n"], dc["d"])) * np.sqrt(spectrum(dc))
 
-    def teacher(X: np.ndarray) -> np.ndarray:
-        w_star = rng.standard_normal(dc["d"])
+    def teacher(X: np.ndarray) -> np.ndarray:  # X preprocessed: pca may have kept fewer columns
+        w_star = rng.standard_normal(X.shape[1])
         w_star *= dc["teacher_norm"] / np.linalg.norm(w_star)
         y = X @ w_star
         if dc["noise"] > 0:
-            y = y + dc["noise"] * rng.standard_normal(dc["n"])
+            y = y + dc["noise"] * rng.standard_normal(X.shape[0])
         return np.where(y >= 0, 1.0, -1.0) if dc["task"] == "classification" else y
 
-    where = f"synthetic (n={dc['n']}, d={dc['d']}, spectrum={dc['spectrum']}, data_seed={dc['data_seed']})"
+    where = f"synthetic (spectrum {dc['spectrum']}, data_seed {dc['data_seed']})"
     return Raw(X, teacher, Origin(where))
