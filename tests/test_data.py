@@ -237,3 +237,17 @@ def test_shipped_csv_example_trains_from_the_command_line_and_spikes(tmp_path, m
     peak = 95 + int(np.argmax(excess[95:115]))
     assert excess[peak] > 2 * excess[:peak].min()
     assert norm[90] < 1.06 and norm[-1] > 1.45 and es[-1] < 2.5
+
+
+def test_shipped_breast_cancer_config_shows_a_delayed_spike(tmp_path):
+    """configs/breast_cancer_spike.yaml: the story its comment tells, on real data with -1/+1 labels."""
+    cfg = config.load(ROOT / "configs" / "breast_cancer_spike.yaml",
+                      ["optim.steps=260", "log.progress=none", "probes.sharpness_every=0"])
+    train(cfg, tmp_path)
+    m = {k: np.asarray(v) for k, v in read_metrics(tmp_path / "metrics.csv").items()}
+    excess, kappa, norm = m["loss/excess"], m["stability/kappa"], m["norm/w"]
+    assert np.argmax(kappa > 2) == 70
+    assert np.all(np.diff(excess[:200]) < 0)  # smooth descent long after the crossing
+    peak = 200 + int(np.argmax(excess[200:]))
+    assert 215 <= peak <= 240 and excess[peak] > 1000 * excess[:peak].min()
+    assert norm[200] < 0.57 and norm[-1] > 0.63 and kappa[-1] < 1.8 and excess[-1] < 1e-4
