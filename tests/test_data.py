@@ -199,6 +199,10 @@ def test_csv_text_labels_header_detection_and_column_selection(tmp_path):
     np.testing.assert_array_equal(kept.y, [1 if i % 3 else -1 for i in range(12)])
     same = load_data(data_cfg(**{**spec, "target": -1}, columns=["x1", 2]))
     np.testing.assert_array_equal(same.X, kept.X)
+    semicolons = tmp_path / "s.csv"
+    semicolons.write_text(text.replace(",", ";"))
+    same = load_data(data_cfg(**{**spec, "path": str(semicolons)}, delimiter=";", drop=["id", "x3"]))
+    np.testing.assert_array_equal(same.X, kept.X)
     no_header = tmp_path / "n.csv"
     no_header.write_text("".join(text.splitlines(keepends=True)[1:]))
     for header in ("auto", "absent"):
@@ -251,3 +255,12 @@ def test_shipped_breast_cancer_config_shows_a_delayed_spike(tmp_path):
     peak = 200 + int(np.argmax(excess[200:]))
     assert 215 <= peak <= 240 and excess[peak] > 1000 * excess[:peak].min()
     assert norm[200] < 0.57 and norm[-1] > 0.63 and kappa[-1] < 1.8 and excess[-1] < 1e-4
+
+
+def test_callable_kwargs_from_config_and_override():
+    cfg = data_cfg("data.kwargs.d=2", source="callable", function="tests.datasets:toy", kwargs={"n": 30})
+    assert cfg["data"]["kwargs"] == {"n": 30, "d": 2}
+    X, y = toy(n=30, d=2)
+    data = load_data(cfg)
+    np.testing.assert_allclose(data.X, X - X.mean(0), atol=1e-14)
+    np.testing.assert_allclose(data.y, y - y.mean(), atol=1e-14)
