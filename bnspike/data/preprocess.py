@@ -38,7 +38,7 @@ def features(X: np.ndarray, dc: dict, origin: Origin) -> np.ndarray:
 
 
 def whiten(X: np.ndarray, dc: dict, origin: Origin) -> np.ndarray:
-    """Make X^T X / n = I (exactly with no ridge; (Sigma + ridge)^-1 Sigma with one). X is centred."""
+    """Make X^T X / n = I (exactly without a ridge, shrunk towards it with one). X is centred."""
     n, d = X.shape
     method, ridge = dc["whiten"], dc["whiten_ridge"]
     k = dc["whiten_components"] or d
@@ -51,6 +51,8 @@ def whiten(X: np.ndarray, dc: dict, origin: Origin) -> np.ndarray:
     if method == "cholesky":
         L = np.linalg.cholesky(cov)
         return scipy.linalg.solve_triangular(L, X.T, lower=True).T
+    # eigenvector signs are LAPACK's choice: fix them (largest loading positive) so pca is reproducible
+    evecs = evecs * np.sign(evecs[np.abs(evecs).argmax(axis=0), np.arange(d)])
     pca = X @ evecs[:, ::-1] / np.sqrt(evals[::-1])  # components by decreasing variance
     return pca[:, :k] if method == "pca" else pca @ evecs[:, ::-1].T  # zca rotates back
 
