@@ -170,6 +170,7 @@ def test_target_centring_and_scaling(toy_files):
     np.testing.assert_allclose(scaled, (y - y.mean()) / y.std(), atol=1e-14)
     data = load_data(data_cfg(**spec))
     assert data.facts.d == 3 and data.label_map is None
+    np.testing.assert_array_equal(load_data(data_cfg("data.center=false", **spec)).X, X)  # as given
 
 
 @pytest.mark.parametrize("labels, expected_map", [

@@ -138,6 +138,11 @@ def test_constant_column_when_standardising_or_whitening(tmp_path, step):
     assert_names(csv_error(tmp_path, text, step), "d.csv", "constant feature column", "column 'c'")
 
 
+def test_standardising_uncentred_features_is_refused(tmp_path):
+    assert_names(csv_error(tmp_path, GOOD, "data.center=false", "data.standardize=true"),
+                 "data.center", "set data.center: true")
+
+
 def test_more_dimensions_than_samples_when_whitening(tmp_path):
     rng = np.random.default_rng(0)
     msg = npy_error(tmp_path, rng.standard_normal((5, 8)), rng.standard_normal(5), "data.whiten=cholesky")
