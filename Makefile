@@ -10,7 +10,7 @@ PORT ?= 6006
 LOGDIR ?= runs
 BIN := $(VENV)/bin
 
-.PHONY: train test tensorboard clean-venv
+.PHONY: train test tensorboard report clean-venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv "$(VENV)"
@@ -33,3 +33,8 @@ tensorboard: $(BIN)/.installed
 
 clean-venv:
 	rm -rf "$(VENV)"
+
+# The multi-panel figure of a finished run: make report RUN=runs/whitened_spike-...
+report: $(BIN)/.installed
+	@test -n "$(RUN)" || { echo "make report: set RUN=<run directory>, e.g. RUN=runs/whitened_spike-20260101-120000"; exit 2; }
+	"$(BIN)/bnspike" report "$(RUN)"

@@ -1,33 +1,214 @@
-"""Read a run's logged series back and summarise what happened."""
+"""Spike analysis from logged series: what happened, at which step, and how it compares with theory.
+
+Everything works on plain numpy series keyed by tag (plus "step"), so the same functions read a
+run's metrics.csv and the theory's reference trajectory (theory.csv). Definitions (this
+project's; the paper gives none in numbers):
+
+- crossing: first logged step where the stability quantity reaches 2: `stability/eta_sharpness`
+  when it was logged (the classical limit, any Sigma), else `stability/kappa` (equal near
+  alignment for whitened data, mechanism.md section 3).
+- directional onset: first step after the crossing where `align/sin2` exceeds DIRECTION_FACTOR
+  times its minimum since the crossing (the misalignment leaves its round-off floor).
+- spike, on `loss/excess`: an excursion above SPIKE_RATIO times the running minimum. Its rising
+  edge is the first step after that minimum (the loss stops falling), its peak the largest
+  excess in the excursion, its height ratio peak / minimum, its recovery the first step after
+  the peak where the excess is back at or below the minimum. The running minimum restarts after
+  each recovery, so repeated spikes are counted separately.
+- outcome: "unstable_from_start" (crossing at the first logged step), "delayed_onset" (a later
+  crossing) or "no_rising_edge" (no crossing), the measured counterpart of theory's regime.
+"""
 from __future__ import annotations
 
+import json
 import math
 import pathlib
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .sinks import METRICS, read_metrics
+LIMIT = 2.0  # the classical stability limit eta * sharpness < 2
+SPIKE_RATIO = 1.5  # an excursion counts as a spike when the excess reaches 1.5x its minimum
+DIRECTION_FACTOR = 100.0
+# Rises smaller than this fraction of the largest excess are round-off at the loss floor.
+RESOLUTION = 1e-9
+
+THEORY_CSV, THEORY_JSON = "theory.csv", "theory.json"
+# Measured series compared with the reference trajectory up to the crossing.
+TRACKED = ("loss/train", "param/alpha", "norm/w", "align/cos")
 
 
-def first_step_above(steps: np.ndarray, values: np.ndarray, level: float) -> int | None:
-    idx = np.flatnonzero(values > level)
+@dataclass(frozen=True)
+class Spike:
+    rising_edge: int  # first step the excess rose above its running minimum
+    peak: int
+    height_ratio: float  # peak excess / the minimum before the spike
+    floor: float  # that minimum
+    recovery: int | None  # first step after the peak back at or below the floor
+
+
+def first_step_at_or_above(steps: np.ndarray, values: np.ndarray, level: float) -> int | None:
+    idx = np.flatnonzero(values >= level)
     return int(steps[idx[0]]) if idx.size else None
 
 
+def crossing(series: dict[str, np.ndarray]) -> tuple[int | None, str | None]:
+    """(first step at the stability limit, the tag it was read from)."""
+    for tag in ("stability/eta_sharpness", "stability/kappa"):
+        values = series.get(tag)
+        if values is not None and np.isfinite(values).any():
+            finite = np.isfinite(values)
+            # the reference carries kappa's own limit 2/mu (= 2 when Sigma = I), theory.py
+            level = series["stability/kappa_limit"][finite] if tag == "stability/kappa" and \
+                "stability/kappa_limit" in series else LIMIT
+            idx = np.flatnonzero(values[finite] >= level)
+            return (int(series["step"][finite][idx[0]]) if idx.size else None), tag
+    return None, None
+
+
+def directional_onset(steps: np.ndarray, sin2: np.ndarray, start: int) -> int | None:
+    after = steps >= start
+    s, v = steps[after], sin2[after]
+    floor = np.minimum.accumulate(v)
+    idx = np.flatnonzero(v > DIRECTION_FACTOR * floor)
+    return int(s[idx[0]]) if idx.size else None
+
+
+def spikes(steps: np.ndarray, excess: np.ndarray) -> list[Spike]:
+    """Excursions of the excess loss above SPIKE_RATIO x its running minimum, in one pass."""
+    found = []
+    resolution = RESOLUTION * np.nanmax(np.abs(excess)) if excess.size else 0.0
+    low, t, n = 0, 1, excess.size  # low: index of the running minimum
+    while t < n:
+        if excess[t] <= excess[low]:
+            low = t
+        elif excess[t] >= SPIKE_RATIO * excess[low] and excess[t] - excess[low] > resolution:
+            end = t
+            while end < n and excess[end] > excess[low]:
+                end += 1
+            peak = low + 1 + int(np.argmax(excess[low + 1:end]))
+            found.append(Spike(
+                rising_edge=int(steps[low + 1]), peak=int(steps[peak]),
+                height_ratio=float(excess[peak] / excess[low]), floor=float(excess[low]),
+                recovery=int(steps[end]) if end < n else None))
+            low, t = end, end
+        t += 1
+    return found
+
+
+def analyse(series: dict[str, np.ndarray]) -> dict:
+    """The spike story of one set of series (a run's, or the theory's reference)."""
+    steps = series["step"].astype(int)
+    cross, source = crossing(series)
+    out: dict = {"crossing": cross, "crossing_from": source}
+    if cross is None:
+        out["outcome"] = "no_rising_edge"
+    else:
+        out["outcome"] = "unstable_from_start" if cross == steps[0] else "delayed_onset"
+    if cross is not None and "align/sin2" in series:
+        out["directional_onset"] = directional_onset(steps, series["align/sin2"], cross)
+    found = spikes(steps, series["loss/excess"]) if "loss/excess" in series else []
+    out["spikes"] = len(found)
+    out["first_spike"] = asdict(found[0]) if found else None
+    return out
+
+
+def compare(measured: dict[str, np.ndarray], reference: dict[str, np.ndarray], until: int | None) -> dict:
+    """Largest relative deviation of each tracked series from the reference, steps <= until."""
+    ref_index = {int(s): i for i, s in enumerate(reference["step"])}
+    rows = [(i, ref_index[int(s)]) for i, s in enumerate(measured["step"])
+            if int(s) in ref_index and (until is None or s <= until)]
+    if not rows:
+        return {}
+    mi, ri = map(np.asarray, zip(*rows))
+    out = {}
+    for tag in TRACKED:
+        if tag in measured and tag in reference:
+            got, want = measured[tag][mi], reference[tag][ri]
+            out[tag] = float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-300)))
+    return out
+
+
+def _read(path: pathlib.Path) -> dict[str, np.ndarray]:
+    from .sinks import read_metrics  # sinks imports torch's SummaryWriter: only when reading a run
+
+    return {k: np.asarray(v) for k, v in read_metrics(path).items()}
+
+
+def load_run(run_dir: pathlib.Path) -> tuple[dict, dict, dict]:
+    """(measured series, reference series or {}, theory prediction or {}) of a run directory."""
+    from .sinks import METRICS
+
+    run_dir = pathlib.Path(run_dir)
+    measured = _read(run_dir / METRICS)
+    reference = _read(run_dir / THEORY_CSV) if (run_dir / THEORY_CSV).is_file() else {}
+    prediction = json.loads((run_dir / THEORY_JSON).read_text()) if (run_dir / THEORY_JSON).is_file() else {}
+    return measured, reference, prediction
+
+
 def summarize(run_dir: pathlib.Path) -> dict:
-    m = {k: np.asarray(v) for k, v in read_metrics(pathlib.Path(run_dir) / METRICS).items()}
+    m, reference, prediction = load_run(run_dir)
     if not m or m["step"].size == 0:
         return {"logged_steps": 0}
     steps, loss = m["step"].astype(int), m["loss/train"]
     out = {"logged_steps": int(steps.size), "final_step": int(steps[-1]), "final_loss": float(loss[-1])}
-    crossing = first_step_above(steps, m["stability/kappa"], 2.0) if "stability/kappa" in m else None
-    out["first_kappa_above_2"] = crossing
+    out["first_kappa_above_2"] = (first_step_at_or_above(steps, m["stability/kappa"], LIMIT)
+                                  if "stability/kappa" in m else None)
     if "stability/eta_sharpness" in m and np.isfinite(m["stability/eta_sharpness"]).any():
         es = m["stability/eta_sharpness"]
         i = int(np.nanargmax(es))
         out["max_eta_sharpness"] = {"step": int(steps[i]), "value": float(es[i])}
-    if crossing is not None:
-        after = steps >= crossing
-        i = int(np.argmax(np.where(after, loss, -math.inf)))
-        out["loss_peak_after_crossing"] = {"step": int(steps[i]), "loss": float(loss[i])}
+    out["measured"] = analyse(m)
+    if reference:
+        out["reference"] = analyse(reference)
+        out["reference_max_rel_dev_to_crossing"] = compare(m, reference, out["measured"]["crossing"])
+    if prediction:
+        out["predicted"] = {k: prediction.get(k) for k in ("regime", "T_cross", "onset_estimate")}
     return out
+
+
+def events(summary: dict) -> dict[str, int]:
+    """The analysed steps of a summarised run that figures and dashboards mark."""
+    measured = summary.get("measured", {})
+    spike = measured.get("first_spike") or {}
+    named = {"crossing": measured.get("crossing"), "directional_onset": measured.get("directional_onset"),
+             **{k: spike.get(k) for k in ("rising_edge", "peak", "recovery")}}
+    return {k: v for k, v in named.items() if v is not None}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def table(summary: dict) -> str:
+    """A short markdown table: theory, reference trajectory and measured run side by side."""
+    measured = summary.get("measured", {})
+    reference = summary.get("reference", {})
+    predicted = summary.get("predicted") or {}
+    onset = predicted.get("onset_estimate") or {}
+
+    def spike(d, key):
+        first = d.get("first_spike") or {}
+        return first.get(key)
+
+    rows = [
+        ("outcome / regime", predicted.get("regime"), reference.get("outcome"), measured.get("outcome")),
+        ("crossing step", predicted.get("T_cross"), reference.get("crossing"), measured.get("crossing")),
+        ("directional onset", None, reference.get("directional_onset"), measured.get("directional_onset")),
+        ("loss rising edge", onset.get("rising_edge"), spike(reference, "rising_edge"), spike(measured, "rising_edge")),
+        ("peak step", onset.get("peak"), spike(reference, "peak"), spike(measured, "peak")),
+        ("peak / floor", onset.get("height_ratio"), spike(reference, "height_ratio"), spike(measured, "height_ratio")),
+        ("recovery step", None, spike(reference, "recovery"), spike(measured, "recovery")),
+        ("spikes", None, reference.get("spikes"), measured.get("spikes")),
+    ]
+    lines = ["| | theory | reference | run |", "|---|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(_cell(v) for v in vals) + " |" for name, *vals in rows]
+    dev = summary.get("reference_max_rel_dev_to_crossing")
+    if dev:
+        lines.append("")
+        lines.append("max relative deviation run vs reference up to the crossing: "
+                     + ", ".join(f"{k} {v:.1e}" for k, v in dev.items()))
+    return "\n".join(lines)

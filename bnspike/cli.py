@@ -1,4 +1,4 @@
-"""Command line: `bnspike train CONFIG [key=value ...] [--run-dir DIR]`.
+"""Command line: `bnspike train|theory CONFIG [key=value ...]`, `bnspike report RUN_DIR`.
 
 Exit codes: 0 finished, 2 bad config or data (nothing written).
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import pathlib
 import sys
 
@@ -38,6 +37,7 @@ def claim_run_dir(path: pathlib.Path) -> pathlib.Path:
 
 
 def cmd_train(args) -> int:
+    from . import analysis, report
     from .loop import train  # torch import deferred so config errors print instantly
 
     cfg = config.load(args.config, args.overrides)
@@ -49,7 +49,29 @@ def cmd_train(args) -> int:
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # only if training failed before writing anything: never lose data
         raise
-    print(json.dumps(summary, indent=2))
+    print(analysis.table(summary))
+    print(f"bnspike: summary in {run_dir / 'summary.json'}, figure in {run_dir / report.FILE}")
+    return 0
+
+
+def cmd_theory(args) -> int:
+    """The prediction table from the data moments alone: numpy only, no torch, no training."""
+    from . import theory
+    from .data import load_data
+
+    cfg = config.load(args.config, args.overrides)
+    problem = theory.problem(cfg, load_data(cfg).facts)
+    print(theory.format_table(theory.predict(problem)))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    if not (args.run_dir / "metrics.csv").is_file():
+        raise FileNotFoundError(f"{args.run_dir}: no metrics.csv here; is it a bnspike run directory?")
+    path, _ = report.write(args.run_dir)
+    print(f"bnspike: wrote {path}")
     return 0
 
 
@@ -62,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=pathlib.Path, help="exact run directory (must not exist)")
     p.add_argument("--runs-root", type=pathlib.Path, default=pathlib.Path("runs"))
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("theory", help="print the theory's prediction for a config (no training)")
+    p.add_argument("config", type=pathlib.Path)
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    p.set_defaults(func=cmd_theory)
+    p = sub.add_parser("report", help="draw RUN_DIR/report.png (loss, stability, direction, geometry)")
+    p.add_argument("run_dir", type=pathlib.Path)
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -75,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (config.ConfigError, DataError, FileExistsError) as e:
+    except (config.ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
         print(f"bnspike: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ import pathlib
 import torch
 from torch.func import functional_call
 
-from . import analysis, config
+from . import analysis, config, dashboard, theory
 from .data import load_data
 from .model import build_model
 from .probes import RunContext, StepState, build_probes
@@ -65,9 +65,15 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
     optimizer = build_optimizer(cfg, model)
     probes = build_probes(RunContext(cfg, data, model, dtype, device))
     steps, every = cfg["optim"]["steps"], cfg["probes"]["every"]
+    # Theory before the first step (numpy, from the data moments): overlaid on the live curves.
+    problem = theory.problem(cfg, data.facts)
+    reference = theory.reference(problem)
+    prediction = theory.predict(problem, reference)
 
     (run_dir / "config.yaml").write_text(config.dump(cfg))
+    theory.save(run_dir, prediction, reference)
     sinks = [TensorBoardSink(run_dir, cfg["log"]["flush_secs"]), CSVSink(run_dir, cfg["log"]["flush_secs"])]
+    dashboard.start(sinks[0], reference, [t for t in range(steps) if t % every == 0 or t == steps - 1])
     progress = Progress(steps, cfg["log"]["progress"])
     status = "running"
     try:
@@ -100,6 +106,7 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
             sink.close()
     summary = {"status": status, "steps": steps, **analysis.summarize(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    dashboard.finish(run_dir, summary)
     return summary
 
 

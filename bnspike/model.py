@@ -9,11 +9,11 @@ effective step eta / ||w||^2 rise and fall during training.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from .config import ConfigError
+from .init import initial_weight  # numpy, shared with the theory (no torch there)
 
 
 class BNLinear(nn.Module):
@@ -37,12 +37,6 @@ class BNLinear(nn.Module):
     @property
     def beta(self) -> torch.Tensor:
         return self.bn.bias
-
-
-def initial_weight(d: int, norm: float, seed: int) -> np.ndarray:
-    """Initial direction from numpy's default_rng(seed), scaled to `norm` (device independent)."""
-    w = np.random.default_rng(seed).standard_normal(d)
-    return w * (norm / np.linalg.norm(w))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,256 @@
+"""Theory beside every run: the regime, the crossing step, the onset lag and a reference trajectory.
+
+Pure numpy (no torch): it reads the data moments (`Data.facts`) and the config's numbers, so
+`bnspike theory` answers in well under a second and the loop can log the prediction before the
+first step. Where each formula comes from (P: the paper, arXiv 2604.16809, as restated in
+docs/mechanism.md; R: this project's reconstruction, derived in mechanism.md or below and
+checked against real nn.BatchNorm1d runs by tests/test_theory*.py):
+
+  P  kappa_t = eta alpha_t rho_t / ||w_t||_Sigma^2, the threshold kappa = 2, the delayed-onset
+     regime (kappa_0 < 2 while the limit eta rho_max^2 / ||w||^2 exceeds 2), self-stabilization.
+  R  the exact whitened recursion of (alpha, theta, ||w||) (mechanism.md section 3), with the
+     1/2 loss convention; `whitened_recursion`.
+  R  the closed-form gradient-descent map for any Sigma with BatchNorm's eps and bias kept
+     exactly; `reference`. f = gamma <x - mean, w> / sqrt(s + eps) + beta with s = w^T Sigma w,
+     q = sqrt(s + eps), p = <b, w>:
+         grad_w R     = -gamma b / q + (gamma p / q^3 + gamma^2 eps / q^4) Sigma w
+         dR/dgamma    = gamma s / q^2 - p / q          dR/dbeta = beta - ybar
+  R  the limit for general Sigma: near alignment the Hessian in w is
+     (alpha rho / ||w||_Sigma^2)(Sigma - Sigma v v^T Sigma), v = w_ls / ||w_ls||_Sigma, so
+     eta * sharpness = kappa * mu with mu = lambda_max(Sigma - Sigma v v^T Sigma) (mu = 1 when
+     Sigma = I) and the crossing is kappa = 2 / mu.
+  R  T_cross closed form ln((rho_max - alpha_0)/(rho_max - alpha_c)) / -ln(1 - eta_alpha),
+     alpha_c = 2 ||w||^2 / (eta rho_max): with ||w_0|| it is a LOWER bound on the crossing for
+     whitened data (rho <= rho_max keeps alpha below its aligned value, the norm never shrinks).
+  R  no rising edge (sufficient, whitened): eta rho_max max(alpha_0, rho_max) <= 2 ||w_0||^2.
+  R  visible onset: the misalignment starts at the round-off level delta_0 of the run's dtype
+     and grows by |1 - kappa| per step after the crossing; the floored recursion estimates when
+     the loss turns up and peaks.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import analysis
+from .init import initial_weight
+
+# Series of the reference trajectory, named as the run logs them (logged under "theory/...").
+TAGS = ("loss/train", "loss/excess", "loss/scale_term", "loss/direction_term", "loss/bias_term",
+        "norm/w", "norm/w_sigma", "param/alpha", "param/beta", "lr/effective", "stability/kappa",
+        "stability/kappa_limit", "align/cos", "align/sin2")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Everything the theory needs: data moments and the run's numbers."""
+    facts: "bnspike.data.Facts"  # noqa: F821
+    w0: np.ndarray
+    alpha0: float
+    beta0: float
+    eta: float
+    eta_alpha: float
+    eta_beta: float  # 0 when the bias is frozen
+    eps: float
+    dtype: str
+    steps: int
+
+
+def problem(cfg: dict, facts) -> Problem:
+    mc, oc = cfg["model"], cfg["optim"]
+    return Problem(
+        facts=facts, w0=initial_weight(facts.d, mc["w0_norm"], mc["w0_seed"]), alpha0=mc["alpha0"],
+        beta0=mc["beta0"], eta=oc["lr_w"], eta_alpha=oc["lr_alpha"],
+        eta_beta=oc["lr_beta"] if mc["train_beta"] else 0.0, eps=mc["eps"], dtype=mc["dtype"],
+        steps=oc["steps"])
+
+
+def ls_direction(facts) -> np.ndarray:
+    """v = w_ls / ||w_ls||_Sigma: the direction gradient descent aligns with."""
+    if facts.rho_max == 0:
+        raise ValueError("theory: the data carry no signal (b = X^T y / n = 0, rho_max = 0); "
+                         "there is no direction to align with and kappa stays 0")
+    return facts.w_ls / facts.rho_max  # ||w_ls||_Sigma^2 = b^T Sigma^+ b = rho_max^2
+
+
+def aligned_factor(facts) -> float:
+    """mu = lambda_max(Sigma - Sigma v v^T Sigma): eta * sharpness = kappa * mu at alignment (R)."""
+    u = facts.sigma @ ls_direction(facts)
+    return float(np.linalg.eigvalsh(facts.sigma - np.outer(u, u))[-1])
+
+
+def reference(pr: Problem) -> dict[str, np.ndarray]:
+    """The closed-form gradient-descent map (any Sigma, eps and beta exact), float64 numpy.
+
+    Values at index t describe w_t, like the run's metrics. After each step the iterate is
+    rounded to the run's dtype, so the unstable mode grows from the same round-off level.
+    """
+    f = pr.facts
+    sigma, b, v_ls = f.sigma, f.b, ls_direction(f)
+    kappa_limit = 2.0 / aligned_factor(f)
+    store = np.float32 if pr.dtype == "float32" else np.float64
+    w, gamma, beta = pr.w0.astype(store).astype(float), float(store(pr.alpha0)), float(store(pr.beta0))
+    out = {tag: np.empty(pr.steps) for tag in TAGS}
+    out["step"] = np.arange(pr.steps, dtype=float)
+    out["stability/kappa_limit"][:] = kappa_limit
+    for t in range(pr.steps):
+        sw = sigma @ w
+        s = w @ sw
+        q2 = s + pr.eps
+        q, p = math.sqrt(q2), b @ w
+        w_sigma = math.sqrt(s)
+        rho = p / w_sigma
+        cos = rho / f.rho_max
+        perp = w / w_sigma - cos * v_ls
+        sin2 = perp @ sigma @ perp
+        # exact split of R (mechanism.md section 2 with alpha_eff = gamma ||w||_Sigma / q)
+        scale = 0.5 * (gamma * w_sigma / q - rho) ** 2
+        direction = 0.5 * f.rho_max ** 2 * sin2
+        bias = 0.5 * (beta - f.y_mean) ** 2
+        norm = math.sqrt(w @ w)
+        row = {"loss/excess": scale + direction + bias, "loss/scale_term": scale,
+               "loss/direction_term": direction, "loss/bias_term": bias, "norm/w": norm,
+               "norm/w_sigma": w_sigma, "param/alpha": gamma, "param/beta": beta,
+               "lr/effective": pr.eta / norm ** 2, "stability/kappa": pr.eta * gamma * rho / s,
+               "align/cos": cos, "align/sin2": sin2}
+        for tag, value in row.items():
+            out[tag][t] = value
+        grad_w = -gamma / q * b + (gamma * p / (q2 * q) + gamma ** 2 * pr.eps / (q2 * q2)) * sw
+        grad_gamma = gamma * s / q2 - p / q
+        w = (w - pr.eta * grad_w).astype(store).astype(float)
+        gamma = float(store(gamma - pr.eta_alpha * grad_gamma))
+        beta = float(store(beta - pr.eta_beta * (beta - f.y_mean)))
+    out["loss/train"] = out["loss/excess"] + f.r_star
+    return out
+
+
+def whitened_recursion(alpha0: float, cos0: float, norm0: float, b_norm: float, eta: float,
+                       eta_alpha: float, steps: int, floor: float = 0.0) -> dict[str, np.ndarray]:
+    """The 3-number system of mechanism.md section 3 (Sigma = I, eps -> 0, beta frozen):
+
+        alpha' = (1 - eta_alpha) alpha + eta_alpha rho,        rho = ||b|| cos(theta)
+        tan'   = tan (1 - kappa) / (1 + kappa tan^2),          kappa = eta alpha rho / ||w||^2
+        ||w'||^2 = ||w||^2 (1 + kappa^2 tan^2)
+
+    `floor` > 0 keeps |tan theta| at or above the round-off level a finite-precision run cannot
+    go below; with it the recursion goes through the spike instead of staying aligned forever.
+    Returns per-step alpha, tan, norm, kappa and the excess loss (scale + direction terms).
+    """
+    sign = 1.0 if cos0 >= 0 else -1.0  # the side of b the iterate starts on is never left
+    alpha, tan, norm2 = alpha0, math.sqrt(max(1.0 - cos0 ** 2, 0.0)) / abs(cos0), norm0 ** 2
+    out = {k: np.empty(steps) for k in ("alpha", "tan", "norm", "kappa", "loss/excess")}
+    for t in range(steps):
+        rho = sign * b_norm / math.sqrt(1.0 + tan ** 2)
+        kappa = eta * alpha * rho / norm2
+        out["alpha"][t], out["tan"][t], out["norm"][t], out["kappa"][t] = alpha, tan, math.sqrt(norm2), kappa
+        out["loss/excess"][t] = 0.5 * (alpha - rho) ** 2 + 0.5 * (b_norm ** 2 - rho ** 2)
+        alpha, tan, norm2 = ((1 - eta_alpha) * alpha + eta_alpha * rho,
+                             tan * (1 - kappa) / (1 + kappa * tan ** 2), norm2 * (1 + kappa ** 2 * tan ** 2))
+        if abs(tan) < floor:
+            tan = math.copysign(floor, tan)
+    return out
+
+
+def roundoff_level(dtype: str, d: int) -> float:
+    """delta_0: the misalignment a d-vector stored in `dtype` cannot be aligned beyond (R)."""
+    return float(np.finfo(dtype).eps) * math.sqrt(d)
+
+
+def closed_form_crossing(alpha0: float, norm2: float, rho_max: float, eta: float, eta_alpha: float,
+                         kappa_limit: float = 2.0) -> float | None:
+    """Steps for an aligned alpha to reach alpha_c = kappa_limit ||w||^2 / (eta rho_max); None if never."""
+    alpha_c = kappa_limit * norm2 / (eta * rho_max)
+    if alpha0 >= alpha_c:
+        return 0.0
+    if alpha_c >= rho_max or eta_alpha <= 0:
+        return None
+    return math.log((rho_max - alpha0) / (rho_max - alpha_c)) / -math.log1p(-eta_alpha)
+
+
+def predict(pr: Problem, ref: dict[str, np.ndarray] | None = None) -> dict:
+    """Regime, crossing step and onset estimate; `ref` is the reference trajectory if computed."""
+    f = pr.facts
+    ref = reference(pr) if ref is None else ref
+    kappa, kappa_limit = ref["stability/kappa"], float(ref["stability/kappa_limit"][0])
+    out: dict = {"kappa_0": float(kappa[0]), "kappa_limit": kappa_limit, "mu": 2.0 / kappa_limit,
+                 "rho_max": f.rho_max, "r_star": f.r_star, "whitened": f.whitened}
+    crossed = np.flatnonzero(kappa >= kappa_limit)
+    if crossed.size:
+        out["T_cross"], out["T_cross_from"] = int(crossed[0]), "reference"
+    else:  # aligned by the horizon: alpha follows the closed form with the norm frozen
+        more = closed_form_crossing(ref["param/alpha"][-1], ref["norm/w_sigma"][-1] ** 2, f.rho_max,
+                                    pr.eta, pr.eta_alpha, kappa_limit)
+        out["T_cross"] = None if more is None else pr.steps - 1 + math.ceil(more)
+        out["T_cross_from"] = None if more is None else "closed form beyond the horizon"
+    if out["T_cross"] == 0:
+        out["regime"] = "unstable_from_start"
+    else:
+        out["regime"] = "no_rising_edge" if out["T_cross"] is None else "delayed_onset"
+    if f.whitened:
+        out.update(_whitened_predictions(pr, out["T_cross"]))
+    return out
+
+
+def _whitened_predictions(pr: Problem, t_cross: int | None) -> dict:
+    f = pr.facts
+    norm0 = float(np.linalg.norm(pr.w0))
+    margin = 2 * norm0 ** 2 - pr.eta * f.rho_max * max(pr.alpha0, f.rho_max)
+    out = {"no_rising_edge_condition": {"holds": margin >= 0, "margin": margin},
+           "T_cross_lower_bound": closed_form_crossing(pr.alpha0, norm0 ** 2, f.rho_max, pr.eta, pr.eta_alpha)}
+    if t_cross is None or t_cross == 0:
+        return out
+    delta0 = roundoff_level(pr.dtype, f.d)
+    cos0 = float(f.b @ pr.w0) / (f.rho_max * norm0)
+    rec = whitened_recursion(pr.alpha0, cos0, norm0, f.rho_max, pr.eta, pr.eta_alpha, pr.steps, delta0)
+    found = analysis.spikes(np.arange(pr.steps), rec["loss/excess"])
+    first = next((s for s in found if s.peak > t_cross), None)
+    out["onset_estimate"] = None if first is None else {
+        "delta_0": delta0, "rising_edge": first.rising_edge, "peak": first.peak,
+        "height_ratio": first.height_ratio, "lag": first.rising_edge - t_cross}
+    return out
+
+
+def rows(prediction: dict) -> list[tuple[str, str]]:
+    """The prediction as (quantity, value) lines for `bnspike theory`."""
+    def fmt(v):
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = [("regime", prediction["regime"]),
+             ("T_cross (kappa reaches the limit)", f"{fmt(prediction['T_cross'])} ({prediction['T_cross_from'] or 'never'})"),
+             ("kappa_0", fmt(prediction["kappa_0"])),
+             ("kappa limit 2/mu (mu = eta*sharpness/kappa at alignment)", fmt(prediction["kappa_limit"])),
+             ("rho_max, R*", f"{fmt(prediction['rho_max'])}, {fmt(prediction['r_star'])}")]
+    if "no_rising_edge_condition" in prediction:
+        cond = prediction["no_rising_edge_condition"]
+        lines += [("no-rising-edge condition eta rho_max max(a0,rho_max) <= 2||w0||^2",
+                   f"{'holds' if cond['holds'] else 'fails'} (margin {fmt(cond['margin'])})"),
+                  ("T_cross lower bound (closed form, ||w_0||)", fmt(prediction["T_cross_lower_bound"]))]
+    onset = prediction.get("onset_estimate")
+    if onset:
+        lines += [("round-off level delta_0", fmt(onset["delta_0"])),
+                  ("visible-onset lag (loss rising edge - T_cross)", fmt(onset["lag"])),
+                  ("loss rising edge / peak (floored recursion)", f"{onset['rising_edge']} / {onset['peak']}"),
+                  ("peak / floor", fmt(onset["height_ratio"]))]
+    return lines
+
+
+def format_table(prediction: dict) -> str:
+    lines = rows(prediction)
+    width = max(len(k) for k, _ in lines)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def save(run_dir: pathlib.Path, prediction: dict, ref: dict[str, np.ndarray]) -> None:
+    """theory.json (the prediction) and theory.csv (the reference, full float64 precision)."""
+    run_dir = pathlib.Path(run_dir)
+    (run_dir / analysis.THEORY_JSON).write_text(json.dumps(prediction, indent=2) + "\n")
+    with open(run_dir / analysis.THEORY_CSV, "x", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", *TAGS])
+        for t in range(ref["step"].size):
+            writer.writerow([int(ref["step"][t]), *(repr(float(ref[tag][t])) for tag in TAGS)])
