@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 LIMIT = 2.0  # the classical stability limit eta * sharpness < 2
-SPIKE_RATIO = 1.5  # an excursion counts as a spike when the excess reaches 1.5x its minimum
+SPIKE_RATIO = 1.1  # an excursion counts as a spike when the excess rises 10% above its minimum
 DIRECTION_FACTOR = 100.0
 # Rises smaller than this fraction of the largest excess are round-off at the loss floor.
 RESOLUTION = 1e-9

@@ -38,7 +38,8 @@ def figure(run_dir: pathlib.Path):
     measured, reference, prediction = analysis.load_run(run_dir)
     summary = analysis.summarize(run_dir)
     story = summary["measured"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.91, wspace=0.15, hspace=0.18)
     (ax_loss, ax_stab), (ax_dir, ax_geo) = axes
 
     _plot(ax_loss, measured, reference, "loss/excess", "excess loss R - R*", log=True)

@@ -135,13 +135,14 @@ def whitened_recursion(alpha0: float, cos0: float, norm0: float, b_norm: float, 
 
         alpha' = (1 - eta_alpha) alpha + eta_alpha rho,        rho = ||b|| cos(theta)
         tan'   = tan (1 - kappa) / (1 + kappa tan^2),          kappa = eta alpha rho / ||w||^2
+                 (tan = w_perp / w_along_b, signed; negative rho when w points away from b)
         ||w'||^2 = ||w||^2 (1 + kappa^2 tan^2)
 
     `floor` > 0 keeps |tan theta| at or above the round-off level a finite-precision run cannot
     go below; with it the recursion goes through the spike instead of staying aligned forever.
     Returns per-step alpha, tan, norm, kappa and the excess loss (scale + direction terms).
     """
-    sign = 1.0 if cos0 >= 0 else -1.0  # the side of b the iterate starts on is never left
+    sign = 1.0 if cos0 >= 0 else -1.0  # the side of b the iterate is on: rho = sign ||b|| / sqrt(1 + tan^2)
     alpha, tan, norm2 = alpha0, math.sqrt(max(1.0 - cos0 ** 2, 0.0)) / abs(cos0), norm0 ** 2
     out = {k: np.empty(steps) for k in ("alpha", "tan", "norm", "kappa", "loss/excess")}
     for t in range(steps):
@@ -149,8 +150,11 @@ def whitened_recursion(alpha0: float, cos0: float, norm0: float, b_norm: float, 
         kappa = eta * alpha * rho / norm2
         out["alpha"][t], out["tan"][t], out["norm"][t], out["kappa"][t] = alpha, tan, math.sqrt(norm2), kappa
         out["loss/excess"][t] = 0.5 * (alpha - rho) ** 2 + 0.5 * (b_norm ** 2 - rho ** 2)
-        alpha, tan, norm2 = ((1 - eta_alpha) * alpha + eta_alpha * rho,
-                             tan * (1 - kappa) / (1 + kappa * tan ** 2), norm2 * (1 + kappa ** 2 * tan ** 2))
+        # along b the weight is multiplied by 1 + kappa tan^2 (negative: it crosses to the other side)
+        along = 1 + kappa * tan ** 2
+        sign = sign if along > 0 else -sign
+        alpha, tan, norm2 = ((1 - eta_alpha) * alpha + eta_alpha * rho, tan * (1 - kappa) / along,
+                             norm2 * (1 + kappa ** 2 * tan ** 2))
         if abs(tan) < floor:
             tan = math.copysign(floor, tan)
     return out
@@ -173,45 +177,48 @@ def closed_form_crossing(alpha0: float, norm2: float, rho_max: float, eta: float
 
 
 def predict(pr: Problem, ref: dict[str, np.ndarray] | None = None) -> dict:
-    """Regime, crossing step and onset estimate; `ref` is the reference trajectory if computed."""
+    """Regime, crossing step T_cross and, for whitened data, the onset estimate.
+
+    Whitened data: from the paper's reduced (alpha, theta, ||w||) recursion, floored at the
+    round-off level (so it also goes through the spike). Otherwise from the reference map
+    (`ref`, computed here if not given). Past the horizon, alpha is continued in closed form.
+    """
     f = pr.facts
-    ref = reference(pr) if ref is None else ref
-    kappa, kappa_limit = ref["stability/kappa"], float(ref["stability/kappa_limit"][0])
-    out: dict = {"kappa_0": float(kappa[0]), "kappa_limit": kappa_limit, "mu": 2.0 / kappa_limit,
-                 "rho_max": f.rho_max, "r_star": f.r_star, "whitened": f.whitened}
+    out: dict = {"rho_max": f.rho_max, "r_star": f.r_star, "whitened": f.whitened}
+    norm0 = float(np.linalg.norm(pr.w0))
+    if f.whitened:
+        delta0 = roundoff_level(pr.dtype, f.d)
+        cos0 = float(f.b @ pr.w0) / (f.rho_max * norm0)
+        rec = whitened_recursion(pr.alpha0, cos0, norm0, f.rho_max, pr.eta, pr.eta_alpha, pr.steps, delta0)
+        kappa, kappa_limit, alpha, norm = rec["kappa"], 2.0, rec["alpha"], rec["norm"]
+        out["T_cross_from"] = "reduced recursion"
+    else:
+        ref = reference(pr) if ref is None else ref
+        kappa, alpha, norm = ref["stability/kappa"], ref["param/alpha"], ref["norm/w_sigma"]
+        kappa_limit = float(ref["stability/kappa_limit"][0])
+        out["T_cross_from"] = "reference map"
+    out.update({"kappa_0": float(kappa[0]), "kappa_limit": kappa_limit, "mu": 2.0 / kappa_limit})
     crossed = np.flatnonzero(kappa >= kappa_limit)
     if crossed.size:
-        out["T_cross"], out["T_cross_from"] = int(crossed[0]), "reference"
+        out["T_cross"] = int(crossed[0])
     else:  # aligned by the horizon: alpha follows the closed form with the norm frozen
-        more = closed_form_crossing(ref["param/alpha"][-1], ref["norm/w_sigma"][-1] ** 2, f.rho_max,
-                                    pr.eta, pr.eta_alpha, kappa_limit)
+        more = closed_form_crossing(alpha[-1], norm[-1] ** 2, f.rho_max, pr.eta, pr.eta_alpha, kappa_limit)
         out["T_cross"] = None if more is None else pr.steps - 1 + math.ceil(more)
-        out["T_cross_from"] = None if more is None else "closed form beyond the horizon"
+        out["T_cross_from"] = None if more is None else "closed form past the horizon"
     if out["T_cross"] == 0:
         out["regime"] = "unstable_from_start"
     else:
         out["regime"] = "no_rising_edge" if out["T_cross"] is None else "delayed_onset"
-    if f.whitened:
-        out.update(_whitened_predictions(pr, out["T_cross"]))
-    return out
-
-
-def _whitened_predictions(pr: Problem, t_cross: int | None) -> dict:
-    f = pr.facts
-    norm0 = float(np.linalg.norm(pr.w0))
-    margin = 2 * norm0 ** 2 - pr.eta * f.rho_max * max(pr.alpha0, f.rho_max)
-    out = {"no_rising_edge_condition": {"holds": margin >= 0, "margin": margin},
-           "T_cross_lower_bound": closed_form_crossing(pr.alpha0, norm0 ** 2, f.rho_max, pr.eta, pr.eta_alpha)}
-    if t_cross is None or t_cross == 0:
+    if not f.whitened:
         return out
-    delta0 = roundoff_level(pr.dtype, f.d)
-    cos0 = float(f.b @ pr.w0) / (f.rho_max * norm0)
-    rec = whitened_recursion(pr.alpha0, cos0, norm0, f.rho_max, pr.eta, pr.eta_alpha, pr.steps, delta0)
-    found = analysis.spikes(np.arange(pr.steps), rec["loss/excess"])
-    first = next((s for s in found if s.peak > t_cross), None)
-    out["onset_estimate"] = None if first is None else {
-        "delta_0": delta0, "rising_edge": first.rising_edge, "peak": first.peak,
-        "height_ratio": first.height_ratio, "lag": first.rising_edge - t_cross}
+    margin = 2 * norm0 ** 2 - pr.eta * f.rho_max * max(pr.alpha0, f.rho_max)
+    out["no_rising_edge_condition"] = {"holds": margin >= 0, "margin": margin}
+    out["T_cross_lower_bound"] = closed_form_crossing(pr.alpha0, norm0 ** 2, f.rho_max, pr.eta, pr.eta_alpha)
+    found = [s for s in analysis.spikes(np.arange(pr.steps), rec["loss/excess"])
+             if out["T_cross"] is not None and s.peak > out["T_cross"] > 0]
+    out["onset_estimate"] = None if not found else {
+        "delta_0": delta0, "rising_edge": found[0].rising_edge, "peak": found[0].peak,
+        "height_ratio": found[0].height_ratio, "lag": found[0].rising_edge - out["T_cross"]}
     return out
 
 
@@ -221,7 +228,8 @@ def rows(prediction: dict) -> list[tuple[str, str]]:
         return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
 
     lines = [("regime", prediction["regime"]),
-             ("T_cross (kappa reaches the limit)", f"{fmt(prediction['T_cross'])} ({prediction['T_cross_from'] or 'never'})"),
+             ("T_cross (kappa reaches the limit)",
+              f"{fmt(prediction['T_cross'])} ({prediction['T_cross_from'] or 'never'})"),
              ("kappa_0", fmt(prediction["kappa_0"])),
              ("kappa limit 2/mu (mu = eta*sharpness/kappa at alignment)", fmt(prediction["kappa_limit"])),
              ("rho_max, R*", f"{fmt(prediction['rho_max'])}, {fmt(prediction['r_star'])}")]
