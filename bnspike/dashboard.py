@@ -3,7 +3,7 @@
 Before training `start` writes the reference trajectory under `theory/<tag>` (same tag names
 as the run, so one chart overlays theory and run) and a Custom Scalars layout, so TensorBoard
 opens on charts that tell the story. After training `finish` adds the analysis as text, the
-analysed steps as single-point marker series `analysis/<event>` (valued at the excess loss, so
+analysed steps as single-point marker series `markers/<event>` (valued at the excess loss, so
 they sit on the loss curve), and the report figure as an image.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from . import analysis, report
 
 THEORY = "theory/"
-MARKERS = "analysis/"
+MARKERS = "markers/"
 
 
 def _tags(*names: str) -> list[str]:
