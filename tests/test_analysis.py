@@ -1,10 +1,12 @@
 """Spike analysis on hand-made series with known answers, and on the reference run's outputs."""
 import json
+import subprocess
 
 import numpy as np
 import pytest
 
 from bnspike import analysis, cli, report
+from tests.conftest import ROOT
 
 
 def _decay(n=300, rate=0.98):
@@ -83,14 +85,16 @@ def test_summary_of_the_reference_run(spike_run):
             f"{s['reference']['first_spike']['peak']} | {spike['peak']} |") in table
 
 
-def test_report_png_marks_the_analysed_steps(spike_run, capsys):
-    assert (spike_run.dir / report.FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # written by train
-    assert cli.main(["report", str(spike_run.dir)]) == 0
-    assert str(spike_run.dir / report.FILE) in capsys.readouterr().out
-    fig, markers = report.figure(spike_run.dir)
-    events = analysis.events(spike_run.summary)
+def test_report_png_marks_the_analysed_steps(default_run):
+    assert (default_run.dir / report.FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # written by train
+    done = subprocess.run(["make", "-s", "-C", str(ROOT), "report", f"RUN={default_run.dir}"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {default_run.dir / report.FILE}" in done.stdout
+    fig, markers = report.figure(default_run.dir)
+    events = analysis.events(default_run.summary)
     assert set(markers) == set(events) == {"crossing", "directional_onset", "rising_edge", "peak", "recovery"}
-    m = spike_run.metrics
+    m = default_run.metrics
     for name, (x, y) in markers.items():
         step = events[name]
         assert x == step, name
