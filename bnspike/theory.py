@@ -84,6 +84,12 @@ def aligned_factor(facts) -> float:
     return float(np.linalg.eigvalsh(facts.sigma - np.outer(u, u))[-1])
 
 
+def kappa_limit(facts) -> float:
+    """The crossing level of kappa, 2 / mu (2 for whitened data; never for d = 1: nothing to misalign)."""
+    mu = aligned_factor(facts)
+    return 2.0 / mu if mu > 1e-12 * facts.sigma_eigs[-1] else math.inf
+
+
 def reference(pr: Problem) -> dict[str, np.ndarray]:
     """The closed-form gradient-descent map (any Sigma, eps and beta exact), float64 numpy.
 
@@ -92,12 +98,12 @@ def reference(pr: Problem) -> dict[str, np.ndarray]:
     """
     f = pr.facts
     sigma, b, v_ls = f.sigma, f.b, ls_direction(f)
-    kappa_limit = 2.0 / aligned_factor(f)
+    limit = kappa_limit(f)
     store = np.float32 if pr.dtype == "float32" else np.float64
     w, gamma, beta = pr.w0.astype(store).astype(float), float(store(pr.alpha0)), float(store(pr.beta0))
     out = {tag: np.empty(pr.steps) for tag in TAGS}
     out["step"] = np.arange(pr.steps, dtype=float)
-    out["stability/kappa_limit"][:] = kappa_limit
+    out["stability/kappa_limit"][:] = limit
     for t in range(pr.steps):
         sw = sigma @ w
         s = w @ sw
@@ -166,9 +172,9 @@ def roundoff_level(dtype: str, d: int) -> float:
 
 
 def closed_form_crossing(alpha0: float, norm2: float, rho_max: float, eta: float, eta_alpha: float,
-                         kappa_limit: float = 2.0) -> float | None:
-    """Steps for an aligned alpha to reach alpha_c = kappa_limit ||w||^2 / (eta rho_max); None if never."""
-    alpha_c = kappa_limit * norm2 / (eta * rho_max)
+                         limit: float = 2.0) -> float | None:
+    """Steps for an aligned alpha to reach alpha_c = limit ||w||^2 / (eta rho_max); None if never."""
+    alpha_c = limit * norm2 / (eta * rho_max)
     if alpha0 >= alpha_c:
         return 0.0
     if alpha_c >= rho_max or eta_alpha <= 0:
@@ -190,19 +196,19 @@ def predict(pr: Problem, ref: dict[str, np.ndarray] | None = None) -> dict:
         delta0 = roundoff_level(pr.dtype, f.d)
         cos0 = float(f.b @ pr.w0) / (f.rho_max * norm0)
         rec = whitened_recursion(pr.alpha0, cos0, norm0, f.rho_max, pr.eta, pr.eta_alpha, pr.steps, delta0)
-        kappa, kappa_limit, alpha, norm = rec["kappa"], 2.0, rec["alpha"], rec["norm"]
+        kappa, alpha, norm = rec["kappa"], rec["alpha"], rec["norm"]
         out["T_cross_from"] = "reduced recursion"
     else:
         ref = reference(pr) if ref is None else ref
         kappa, alpha, norm = ref["stability/kappa"], ref["param/alpha"], ref["norm/w_sigma"]
-        kappa_limit = float(ref["stability/kappa_limit"][0])
         out["T_cross_from"] = "reference map"
-    out.update({"kappa_0": float(kappa[0]), "kappa_limit": kappa_limit, "mu": 2.0 / kappa_limit})
-    crossed = np.flatnonzero(kappa >= kappa_limit)
+    limit = kappa_limit(f)
+    out.update({"kappa_0": float(kappa[0]), "kappa_limit": limit, "mu": 2.0 / limit})
+    crossed = np.flatnonzero(kappa >= limit)
     if crossed.size:
         out["T_cross"] = int(crossed[0])
     else:  # aligned by the horizon: alpha follows the closed form with the norm frozen
-        more = closed_form_crossing(alpha[-1], norm[-1] ** 2, f.rho_max, pr.eta, pr.eta_alpha, kappa_limit)
+        more = closed_form_crossing(alpha[-1], norm[-1] ** 2, f.rho_max, pr.eta, pr.eta_alpha, limit)
         out["T_cross"] = None if more is None else pr.steps - 1 + math.ceil(more)
         out["T_cross_from"] = None if more is None else "closed form past the horizon"
     if out["T_cross"] == 0:
