@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bnspike import analysis, config, theory
-from bnspike.data import load_data
+from bnspike.data import compute_facts, load_data
 from tests.conftest import CONFIGS, run_config
 
 
@@ -145,8 +145,13 @@ def test_float32_round_off_brings_the_onset_earlier():
 
 
 def test_no_signal_is_refused_with_a_clear_message():
+    """y uncorrelated with every feature (b = 0 exactly): nothing to align with."""
+    X = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    facts = compute_facts(X, np.array([1.0, 1.0, -1.0, -1.0]))
+    assert facts.rho_max == 0
+    cfg = config.load(CONFIGS / "whitened_spike.yaml")
     with pytest.raises(ValueError, match="no signal"):
-        theory.reference(_problem("data.teacher_norm=0"))
+        theory.reference(theory.problem(cfg, facts))
 
 
 def test_theory_cli_prints_the_table_without_importing_torch():

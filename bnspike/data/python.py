@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from typing import Callable
 
 import numpy as np
-import torch
 
 from .core import DataError, Origin, Raw
 
@@ -23,7 +23,8 @@ def import_module(name: str, key: str):
 
 
 def _array(obj, what: str, where: str) -> np.ndarray:
-    if isinstance(obj, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is loaded: never import it here
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.detach().cpu().numpy()
     if isinstance(obj, np.ndarray):
         return obj
