@@ -7,7 +7,6 @@ off the live parameters (Sigma = I), exactly what stability/kappa logs.
 import itertools
 
 import numpy as np
-import pytest
 import torch
 
 from bnspike import analysis, config, theory
@@ -41,7 +40,6 @@ def real_run(cfg) -> dict[str, np.ndarray]:
 
 
 def test_grid_regime_and_crossing_match_real_runs():
-    torch.set_num_threads(1)
     assert len(GRID) >= 20
     regimes, errors = set(), []
     for eta, eta_alpha, alpha0, norm0, seed in GRID:
