@@ -183,7 +183,7 @@ def closed_form_crossing(alpha0: float, norm2: float, rho_max: float, eta: float
 
 
 def predict(pr: Problem, ref: dict[str, np.ndarray] | None = None) -> dict:
-    """Regime, crossing step T_cross and, for whitened data, the onset estimate.
+    """Regime, crossing step T_cross and the onset estimate (rising edge and peak of the spike).
 
     Whitened data: from the paper's reduced (alpha, theta, ||w||) recursion, floored at the
     round-off level (so it also goes through the spike). Otherwise from the reference map
@@ -192,15 +192,16 @@ def predict(pr: Problem, ref: dict[str, np.ndarray] | None = None) -> dict:
     f = pr.facts
     out: dict = {"rho_max": f.rho_max, "r_star": f.r_star, "whitened": f.whitened}
     norm0 = float(np.linalg.norm(pr.w0))
+    delta0 = roundoff_level(pr.dtype, f.d)
     if f.whitened:
-        delta0 = roundoff_level(pr.dtype, f.d)
         cos0 = float(f.b @ pr.w0) / (f.rho_max * norm0)
         rec = whitened_recursion(pr.alpha0, cos0, norm0, f.rho_max, pr.eta, pr.eta_alpha, pr.steps, delta0)
-        kappa, alpha, norm = rec["kappa"], rec["alpha"], rec["norm"]
+        kappa, alpha, norm, excess = rec["kappa"], rec["alpha"], rec["norm"], rec["loss/excess"]
         out["T_cross_from"] = "reduced recursion"
-    else:
+    else:  # the map's own round-off (its iterate is stored in the run's dtype) seeds the spike
         ref = reference(pr) if ref is None else ref
         kappa, alpha, norm = ref["stability/kappa"], ref["param/alpha"], ref["norm/w_sigma"]
+        excess = ref["loss/excess"]
         out["T_cross_from"] = "reference map"
     limit = kappa_limit(f)
     out.update({"kappa_0": float(kappa[0]), "kappa_limit": limit, "mu": 2.0 / limit})
@@ -215,16 +216,15 @@ def predict(pr: Problem, ref: dict[str, np.ndarray] | None = None) -> dict:
         out["regime"] = "unstable_from_start"
     else:
         out["regime"] = "no_rising_edge" if out["T_cross"] is None else "delayed_onset"
-    if not f.whitened:
-        return out
-    margin = 2 * norm0 ** 2 - pr.eta * f.rho_max * max(pr.alpha0, f.rho_max)
-    out["no_rising_edge_condition"] = {"holds": margin >= 0, "margin": margin}
-    out["T_cross_lower_bound"] = closed_form_crossing(pr.alpha0, norm0 ** 2, f.rho_max, pr.eta, pr.eta_alpha)
-    found = [s for s in analysis.spikes(np.arange(pr.steps), rec["loss/excess"])
+    found = [s for s in analysis.spikes(np.arange(pr.steps), excess)
              if out["T_cross"] is not None and s.peak > out["T_cross"] > 0]
     out["onset_estimate"] = None if not found else {
         "delta_0": delta0, "rising_edge": found[0].rising_edge, "peak": found[0].peak,
         "height_ratio": found[0].height_ratio, "lag": found[0].rising_edge - out["T_cross"]}
+    if f.whitened:
+        margin = 2 * norm0 ** 2 - pr.eta * f.rho_max * max(pr.alpha0, f.rho_max)
+        out["no_rising_edge_condition"] = {"holds": margin >= 0, "margin": margin}
+        out["T_cross_lower_bound"] = closed_form_crossing(pr.alpha0, norm0 ** 2, f.rho_max, pr.eta, pr.eta_alpha)
     return out
 
 
@@ -248,7 +248,7 @@ def rows(prediction: dict) -> list[tuple[str, str]]:
     if onset:
         lines += [("round-off level delta_0", fmt(onset["delta_0"])),
                   ("visible-onset lag (loss rising edge - T_cross)", fmt(onset["lag"])),
-                  ("loss rising edge / peak (floored recursion)", f"{onset['rising_edge']} / {onset['peak']}"),
+                  (f"loss rising edge / peak ({prediction['T_cross_from']})", f"{onset['rising_edge']} / {onset['peak']}"),
                   ("peak / floor", fmt(onset["height_ratio"]))]
     return lines
 
