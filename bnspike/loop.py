@@ -1,36 +1,28 @@
-"""The training loop: full-batch gradient descent on the real BN-linear model, probed every step.
+"""The training loop: gradient descent on the real model, probed every step.
 
 Read top to bottom: build data, model, optimizer and probes; then per step
-    forward (train-mode BN, full batch) -> backward -> snapshot w_t -> optimizer step
-    -> probes read the state -> one host sync -> sinks.
+    forward (train-mode BN, full batch or the step's mini-batch) -> backward -> snapshot w_t
+    -> optimizer and schedule step -> probes read the state -> one host sync -> sinks.
+In mini-batch runs the probes still see the paper's objective: `loss/train` is the full-batch
+train-mode loss at w_t, the mini-batch loss of the step is `loss/batch`.
+A non-finite loss at a logged step stops the run cleanly with status "diverged".
 """
 from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 
 import torch
-from torch.func import functional_call
 
 from . import analysis, config, dashboard, theory
 from .data import load_data
-from .model import build_model
+from .losses import get_loss
+from .model import build_model, forward_at
+from .optim import Batches, build_optimizer
 from .probes import RunContext, StepState, build_probes
 from .sinks import CSVSink, Progress, TensorBoardSink
-
-
-def square_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return 0.5 * ((out - y) ** 2).mean()  # bnspike's convention: the 1/2
-
-
-def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
-    """Plain gradient descent with one step size per parameter group (eta, eta_alpha, eta_beta)."""
-    oc = cfg["optim"]
-    groups = [{"params": [model.w], "lr": oc["lr_w"]}, {"params": [model.alpha], "lr": oc["lr_alpha"]}]
-    if cfg["model"]["train_beta"]:
-        groups.append({"params": [model.beta], "lr": oc["lr_beta"]})
-    return torch.optim.SGD(groups, lr=oc["lr_w"])
 
 
 def hvp_at(model, X, y, loss_fn, w, alpha, beta):
@@ -40,9 +32,7 @@ def hvp_at(model, X, y, loss_fn, w, alpha, beta):
     Returns (v -> Hv, V -> V H) for one vector and a batch of rows.
     """
     w = w.detach().clone().view(1, -1).requires_grad_(True)
-    state = {"linear.weight": w, "bn.weight": alpha, "bn.bias": beta}
-    state.update({name: buf.clone() for name, buf in model.named_buffers()})
-    grad, = torch.autograd.grad(loss_fn(functional_call(model, state, (X,)), y), w, create_graph=True)
+    grad, = torch.autograd.grad(loss_fn(forward_at(model, X, w, alpha, beta), y), w, create_graph=True)
 
     def hvp(v):
         return torch.autograd.grad(grad, w, v.view_as(w), retain_graph=True)[0].flatten()
@@ -58,11 +48,13 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
     torch.manual_seed(cfg["seed"])
     data = load_data(cfg)
     print(f"bnspike: data {data.description}", flush=True)  # includes a classification label map
+    loss_fn = get_loss(cfg, data.y, data.description)
     model = build_model(cfg, data.facts.d)
     dtype, device = model.w.dtype, model.w.device
     X = torch.as_tensor(data.X, dtype=dtype, device=device)
     y = torch.as_tensor(data.y, dtype=dtype, device=device)
-    optimizer = build_optimizer(cfg, model)
+    optimizer, schedule = build_optimizer(cfg, model)
+    batches = Batches(cfg, data.facts.n, model.alpha is not None, device)
     probes = build_probes(RunContext(cfg, data, model, dtype, device))
     steps, every = cfg["optim"]["steps"], cfg["probes"]["every"]
     # Theory before the first step (numpy, from the data moments): overlaid on the live curves.
@@ -75,23 +67,31 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
     sinks = [TensorBoardSink(run_dir, cfg["log"]["flush_secs"]), CSVSink(run_dir, cfg["log"]["flush_secs"])]
     dashboard.start(sinks[0], reference, [t for t in range(steps) if t % every == 0 or t == steps - 1])
     progress = Progress(steps, cfg["log"]["progress"])
-    status = "running"
+    status, stopped = "running", None
     try:
         for step in range(steps):
+            rows = batches.next()  # None: the full batch
             optimizer.zero_grad(set_to_none=True)
-            loss = square_loss(model(X), y)
+            loss = loss_fn(model(X), y) if rows is None else loss_fn(model(X[rows]), y[rows])
             loss.backward()
             logged = step % every == 0 or step == steps - 1
-            if logged:  # snapshot w_t before the in-place update
+            if logged:  # snapshot w_t and the step size in force before the in-place update
                 w, grad_w = model.w.detach().flatten().clone(), model.w.grad.flatten().clone()
-                alpha, beta = model.alpha.detach()[0].clone(), model.beta.detach()[0].clone()
+                alpha, beta = _snapshot(model.alpha), _snapshot(model.beta)
+                lr_w = optimizer.param_groups[0]["lr"]
+                full_loss = loss.detach() if rows is None else _full_batch_loss(model, X, y, loss_fn, w, alpha, beta)
+                if not math.isfinite(full_loss):  # smallest clean stop: probes need finite iterates
+                    stopped = {"step": step, "cause": f"non-finite training loss ({float(full_loss)})"}
+                    break
             optimizer.step()
+            schedule.step()
             if not logged:
                 continue
             state = StepState(
-                step=step, loss=loss.detach(), w=w, w_next=model.w.detach().flatten(), grad_w=grad_w,
-                alpha=alpha, beta=beta, lr_w=optimizer.param_groups[0]["lr"],
-                hvp=functools.cache(lambda: hvp_at(model, X, y, square_loss, w, alpha.view(1), beta.view(1))))
+                step=step, loss=full_loss, w=w, w_next=model.w.detach().flatten(), grad_w=grad_w,
+                alpha=alpha, beta=beta, lr_w=lr_w,
+                hvp=functools.cache(lambda: hvp_at(model, X, y, loss_fn, w, alpha, beta)),
+                batch_loss=None if rows is None else loss.detach())
             values = {}
             for probe in probes:
                 values.update(probe(state))
@@ -99,15 +99,27 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
             for sink in sinks:
                 sink.write(step, row)
             progress.update(step, row["loss/train"])
-        status = "finished"
+        status = "finished" if stopped is None else "diverged"
     finally:
         progress.close()
         for sink in sinks:
             sink.close()
-    summary = {"status": status, "steps": steps, **analysis.summarize(run_dir)}
+    summary = {"status": status, "steps": steps, **({"stopped": stopped} if stopped else {}),
+               **analysis.summarize(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     dashboard.finish(run_dir, summary)
     return summary
+
+
+def _snapshot(param: torch.Tensor | None) -> torch.Tensor | None:
+    """A one-element parameter (alpha, beta) at step t as a 0-dim copy; None if the model has none."""
+    return None if param is None else param.detach()[0].clone()
+
+
+def _full_batch_loss(model, X, y, loss_fn, w, alpha, beta) -> torch.Tensor:
+    """The paper's objective at w_t: train-mode BN on the full batch (mini-batch runs only)."""
+    with torch.no_grad():
+        return loss_fn(forward_at(model, X, w, alpha, beta), y)
 
 
 def _gather(values: dict) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""The model: a real nn.Linear(d, 1, bias=False) followed by a real nn.BatchNorm1d(1).
+"""The models: a real nn.Linear(d, 1, bias=False) followed by a real nn.BatchNorm1d(1), and
+the baseline without BatchNorm (`model.kind: linear`).
 
 In train mode on the full batch, with z = X w (batch mean removed by BN, biased variance):
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from .config import ConfigError
 from .init import initial_weight  # numpy, shared with the theory (no torch there)
@@ -39,6 +41,27 @@ class BNLinear(nn.Module):
         return self.bn.bias
 
 
+class PlainLinear(nn.Module):
+    """The same linear model without BatchNorm: f(x) = <x, w> (+ bias). No scale alpha."""
+
+    def __init__(self, d: int, bias: bool):
+        super().__init__()
+        self.linear = nn.Linear(d, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).squeeze(-1)
+
+    @property
+    def w(self) -> torch.Tensor:
+        return self.linear.weight
+
+    alpha = None  # probes of BN quantities test for None and skip
+
+    @property
+    def beta(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -49,13 +72,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg: dict, d: int) -> BNLinear:
+def build_model(cfg: dict, d: int) -> BNLinear | PlainLinear:
     mc = cfg["model"]
     dtype = getattr(torch, mc["dtype"])
-    model = BNLinear(d, eps=mc["eps"]).to(dtype=dtype, device=resolve_device(mc["device"]))
+    bn = mc["kind"] == "bn_linear"
+    model = BNLinear(d, eps=mc["eps"]) if bn else PlainLinear(d, bias=mc["bias"])
+    model = model.to(dtype=dtype, device=resolve_device(mc["device"]))
     with torch.no_grad():
         model.w.copy_(torch.as_tensor(initial_weight(d, mc["w0_norm"], mc["w0_seed"])).view(1, d))
-        model.alpha.fill_(mc["alpha0"])
-        model.beta.fill_(mc["beta0"])
-    model.beta.requires_grad_(mc["train_beta"])
+        if bn:
+            model.alpha.fill_(mc["alpha0"])
+        if model.beta is not None:
+            model.beta.fill_(mc["beta0"])
+    if bn:
+        model.beta.requires_grad_(mc["train_beta"])
     return model.train()  # full-batch statistics: the function gradient descent trains
+
+
+def params_at(model: nn.Module, w: torch.Tensor, alpha: torch.Tensor | None,
+              beta: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """functional_call state of `model` at a snapshot (w_t, alpha_t, beta_t), on copies of its
+    buffers so that a diagnostic forward never shifts BatchNorm's running statistics."""
+    names = {param: name for name, param in model.named_parameters()}
+    state = {name: buf.clone() for name, buf in model.named_buffers()}
+    for param, value in ((model.w, w), (model.alpha, alpha), (model.beta, beta)):
+        if param is not None:
+            state[names[param]] = value.view(param.shape)
+    return state
+
+
+def forward_at(model: nn.Module, X: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor | None,
+               beta: torch.Tensor | None) -> torch.Tensor:
+    """The model's output on X at a snapshot; BN in the model's current mode (train: X's statistics)."""
+    return functional_call(model, params_at(model, w, alpha, beta), (X,))

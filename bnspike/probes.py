@@ -14,12 +14,16 @@ move to w_{t+1}: `loss/train` at t is R(w_t), `update/angle` at t is the angle(w
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 
-from . import hessian
+from . import hessian, losses
+from .data import separable
+from .model import forward_at
 
 
 @dataclass
@@ -39,11 +43,12 @@ class StepState:
     loss: torch.Tensor  # R(w_t), train-mode BN on the full batch
     w: torch.Tensor  # (d,) w_t
     w_next: torch.Tensor  # (d,) w_{t+1}
-    grad_w: torch.Tensor  # (d,) grad_w R(w_t)
-    alpha: torch.Tensor  # 0-dim, BN weight at t
-    beta: torch.Tensor  # 0-dim, BN bias at t
-    lr_w: float  # step size of w in force at this step
+    grad_w: torch.Tensor  # (d,) gradient the step used (of the mini-batch loss in SGD runs)
+    alpha: torch.Tensor | None  # 0-dim, BN weight at t; None without BatchNorm
+    beta: torch.Tensor | None  # 0-dim, BN bias (or plain bias) at t; None if the model has none
+    lr_w: float  # step size of w in force at this step (after the schedule)
     hvp: Callable[[], tuple[Callable, Callable]]  # lazily builds (v -> Hv, V -> HV batched) at w_t
+    batch_loss: torch.Tensor | None = None  # the step's mini-batch loss; None in full-batch runs
 
 
 class Probe:
@@ -63,6 +68,11 @@ class Mechanism(Probe):
         R = 1/2 (alpha_eff - rho)^2 + 1/2 rho_max^2 sin^2 + 1/2 (beta - ybar)^2 + R*
     with alpha_eff = alpha ||w||_Sigma / sqrt(||w||_Sigma^2 + eps) (-> alpha as eps -> 0).
     sin^2 = ||v - cos v_ls||_Sigma^2 (v, v_ls of unit Sigma-norm): no 1 - cos^2 cancellation.
+
+    Outside the flagship setting the quantities keep only their meaning there: the split, rho
+    and kappa need the square loss and BatchNorm; `loss/excess` and the alignment with the
+    least-squares direction need the square loss; without BatchNorm the step is not
+    scale-invariant, so `lr/effective` is eta itself.
     """
 
     def setup(self, run: RunContext) -> None:
@@ -72,7 +82,9 @@ class Mechanism(Probe):
         w_ls = as_t(f.w_ls)
         self.v_ls = w_ls / (w_ls @ self.sigma @ w_ls).sqrt()
         self.rho_max, self.r_star, self.y_mean = f.rho_max, f.r_star, f.y_mean
-        self.eps = run.model.bn.eps
+        self.bn = run.model.alpha is not None
+        self.eps = run.model.bn.eps if self.bn else 0.0
+        self.square = run.cfg["optim"]["loss"] == "square"
 
     def __call__(self, s: StepState) -> dict[str, torch.Tensor]:
         w_sigma2 = s.w @ (self.sigma @ s.w)
@@ -82,29 +94,37 @@ class Mechanism(Probe):
         cos = rho / self.rho_max
         perp = v - cos * self.v_ls
         sin2 = perp @ (self.sigma @ perp)
-        alpha_eff = s.alpha * w_sigma / (w_sigma2 + self.eps).sqrt()
         norm_w = s.w.norm()
         u, u_next = s.w / norm_w, s.w_next / s.w_next.norm()
-        return {
-            "loss/train": s.loss,
-            "loss/excess": s.loss - self.r_star,
-            "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
-            "loss/direction_term": 0.5 * self.rho_max ** 2 * sin2,
-            "loss/bias_term": 0.5 * (s.beta - self.y_mean) ** 2,
-            "norm/w": norm_w,
-            "norm/w_sigma": w_sigma,
-            "param/alpha": s.alpha,
-            "param/beta": s.beta,
-            "lr/effective": s.lr_w / norm_w ** 2,
-            "stability/kappa": s.lr_w * s.alpha * rho / w_sigma2,
-            "align/cos": cos,
-            "align/sin2": sin2,
+        out = {"loss/train": s.loss}
+        if self.square:
+            out["loss/excess"] = s.loss - self.r_star
+        if self.square and self.bn:
+            alpha_eff = s.alpha * w_sigma / (w_sigma2 + self.eps).sqrt()
+            out.update({
+                "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
+                "loss/direction_term": 0.5 * self.rho_max ** 2 * sin2,
+                "loss/bias_term": 0.5 * (s.beta - self.y_mean) ** 2,
+            })
+        out.update({"norm/w": norm_w, "norm/w_sigma": w_sigma})
+        if self.bn:
+            out.update({"param/alpha": s.alpha, "param/beta": s.beta, "lr/effective": s.lr_w / norm_w ** 2})
+        else:  # no scale invariance: the effective step is eta itself
+            if s.beta is not None:
+                out["param/beta"] = s.beta
+            out["lr/effective"] = s.lr_w
+        if self.square and self.bn:
+            out["stability/kappa"] = s.lr_w * s.alpha * rho / w_sigma2
+        if self.square:
+            out.update({"align/cos": cos, "align/sin2": sin2})
+        out.update({
             "grad/norm_w": s.grad_w.norm(),
             # ~0 for a scale-invariant weight (exactly 0 as eps -> 0): <w, grad> = 0
             "grad/cos_w": (s.w @ s.grad_w) / (norm_w * s.grad_w.norm()),
             # angle between unit vectors without arccos's loss of precision near 0
             "update/angle": 2 * torch.atan2((u - u_next).norm(), (u + u_next).norm()),
-        }
+        })
+        return out
 
 
 class Sharpness(Probe):
@@ -140,7 +160,85 @@ class Sharpness(Probe):
         return {"stability/sharpness": top.value, "stability/eta_sharpness": s.lr_w * top.value}
 
 
-BUILTIN = [Mechanism, Sharpness]
+class Margin(Probe):
+    """Logistic-loss quantities (mechanism.md section 5), full batch, train-mode BN, at w_t.
+
+    `margin/min` = min_i y_i f(x_i), `train/accuracy` = fraction with y_i f(x_i) > 0, and the
+    alignment of w with the max-margin direction u* (separable.max_margin, exact), taken in
+    the geometry the model trains in: Sigma for BatchNorm (f depends on w only through
+    w / ||w||_Sigma), Euclidean for the plain linear model. `align/sin2_maxmargin` =
+    ||u - cos u*||^2 is the direction error, computed without 1 - cos^2 cancellation.
+    The alignment is left out, with a warning, when the data are not separable through the
+    origin or the model trains a bias (its reference would be a separator with intercept).
+    """
+
+    def setup(self, run: RunContext) -> None:
+        self.on = run.cfg["optim"]["loss"] == "logistic"
+        if not self.on:
+            return
+        self.model, X, y = run.model, run.data.X, run.data.y
+        self.X = torch.as_tensor(X, dtype=run.dtype, device=run.device)
+        self.y = torch.as_tensor(y, dtype=run.dtype, device=run.device)
+        if run.model.alpha is not None:  # whiten: Z = Xc Sigma^{-1/2}, and w -> Sigma^{1/2} w
+            evals, evecs = np.linalg.eigh(run.data.facts.sigma)
+            keep = evals > 1e-12 * evals[-1]  # Xc lies in the range of Sigma
+            evals, evecs = evals[keep], evecs[:, keep]
+            Z = (X - X.mean(axis=0)) @ (evecs / np.sqrt(evals)) @ evecs.T
+            to_z = (evecs * np.sqrt(evals)) @ evecs.T
+        else:
+            Z, to_z = X, np.eye(X.shape[1])
+        self.direction = None
+        if run.model.beta is not None and run.model.beta.requires_grad:
+            warnings.warn("align/*_maxmargin skipped: the model trains a bias (intercept)")
+            return
+        found = separable.max_margin(Z, y)
+        if found is None:
+            warnings.warn("align/*_maxmargin skipped: the data are not linearly separable through the origin")
+            return
+        self.direction = torch.as_tensor(found.direction, dtype=run.dtype, device=run.device)
+        self.to_z = torch.as_tensor(to_z, dtype=run.dtype, device=run.device)
+
+    def __call__(self, s: StepState) -> dict[str, torch.Tensor]:
+        if not self.on:
+            return {}
+        with torch.no_grad():
+            yf = self.y * forward_at(self.model, self.X, s.w, s.alpha, s.beta)
+        out = {"margin/min": yf.min(), "train/accuracy": (yf > 0).to(yf.dtype).mean()}
+        if self.direction is not None:
+            wz = self.to_z @ s.w
+            uz = wz / wz.norm()
+            cos = uz @ self.direction
+            out.update({"align/cos_maxmargin": cos, "align/sin2_maxmargin": (uz - cos * self.direction).pow(2).sum()})
+        return out
+
+
+class MiniBatch(Probe):
+    """Mini-batch runs only. `loss/batch`: the loss of the step's mini-batch (what SGD
+    descended). `loss/eval_running_stats`: the full-batch loss of the BN model in eval mode,
+    normalising with BN's running statistics (as step t's forward left them) instead of batch
+    statistics: what model.eval() reports, NOT the training objective `loss/train`."""
+
+    def setup(self, run: RunContext) -> None:
+        self.model, self.bn = run.model, run.model.alpha is not None
+        self.X = torch.as_tensor(run.data.X, dtype=run.dtype, device=run.device)
+        self.y = torch.as_tensor(run.data.y, dtype=run.dtype, device=run.device)
+        self.loss_fn = losses.LOSSES[run.cfg["optim"]["loss"]]
+
+    def __call__(self, s: StepState) -> dict[str, torch.Tensor]:
+        if s.batch_loss is None:
+            return {}
+        out = {"loss/batch": s.batch_loss}
+        if self.bn:
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    out["loss/eval_running_stats"] = self.loss_fn(forward_at(self.model, self.X, s.w, s.alpha, s.beta), self.y)
+            finally:
+                self.model.train()
+        return out
+
+
+BUILTIN = [Mechanism, Sharpness, Margin, MiniBatch]
 
 
 def load_probe(spec: str) -> Probe:

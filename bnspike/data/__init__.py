@@ -9,6 +9,8 @@ csv                  path target header delimiter columns drop         files.py
 npy / npz            x_path y_path / path x_key y_key                  files.py
 callable             function kwargs                                   python.py
 sklearn              name                                              bundled.py
+separable            n d margin spread support data_seed               separable.py
+knife_edge           n d margin spread data_seed                       separable.py
 <registered name>    module kwargs                                     python.py
 
 A key that the chosen source (or task, or whitening method) does not read must keep its
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import config
-from . import bundled, checks, files, preprocess, python, synthetic
+from . import bundled, checks, files, preprocess, python, separable, synthetic
 from .core import Data, DataError, Facts, Origin, Raw, compute_facts
 
 __all__ = ["Data", "DataError", "Facts", "compute_facts", "load_data", "register"]
@@ -50,6 +52,8 @@ SOURCES = {
     "npz": Source(files.load_npz, ("path", "x_key", "y_key")),
     "callable": Source(python.load_callable, ("function", "kwargs")),
     "sklearn": Source(bundled.load_sklearn, ("name",)),
+    "separable": Source(separable.separable, ("n", "d", "margin", "spread", "support", "data_seed")),
+    "knife_edge": Source(separable.knife_edge, ("n", "d", "margin", "spread", "data_seed")),
 }
 COMMON = ("source", "task", "center", "standardize", "whiten", "center_target", "scale_target",
           "whiten_ridge", "whiten_components")
