@@ -7,8 +7,9 @@ project's; the paper gives none in numbers):
 - crossing: first logged step where the stability quantity reaches 2: `stability/eta_sharpness`
   when it was logged (the classical limit, any Sigma), else `stability/kappa` (equal near
   alignment for whitened data, mechanism.md section 3).
-- directional onset: first step after the crossing where `align/sin2` exceeds DIRECTION_FACTOR
-  times its minimum since the crossing (the misalignment leaves its round-off floor).
+- directional onset: first step after the crossing where `align/sin2` (logistic runs:
+  `align/sin2_maxmargin`) exceeds DIRECTION_FACTOR times its minimum since the crossing (the
+  misalignment leaves its round-off floor).
 - spike, on `loss/excess`: an excursion above SPIKE_RATIO times the running minimum. Its rising
   edge is the first step after that minimum (the loss stops falling), its peak the largest
   excess in the excursion, its height ratio peak / minimum, its recovery the first step after
@@ -104,8 +105,10 @@ def analyse(series: dict[str, np.ndarray]) -> dict:
         out["outcome"] = "no_rising_edge"
     else:
         out["outcome"] = "unstable_from_start" if cross == steps[0] else "delayed_onset"
-    if cross is not None and "align/sin2" in series:
-        out["directional_onset"] = directional_onset(steps, series["align/sin2"], cross)
+    # the direction error: to the least-squares direction, or to the max-margin one (logistic)
+    direction = next((t for t in ("align/sin2", "align/sin2_maxmargin") if t in series), None)
+    if cross is not None and direction is not None:
+        out["directional_onset"] = directional_onset(steps, series[direction], cross)
     found = spikes(steps, series["loss/excess"]) if "loss/excess" in series else []
     out["spikes"] = len(found)
     out["first_spike"] = asdict(found[0]) if found else None

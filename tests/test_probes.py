@@ -7,7 +7,8 @@ from bnspike import config, hessian
 from bnspike.data import load_data
 from bnspike.probes import Sharpness, RunContext, StepState
 from bnspike.model import build_model
-from bnspike.loop import hvp_at, square_loss
+from bnspike.loop import hvp_at
+from bnspike.losses import square_loss
 from tests.conftest import CONFIGS
 
 
