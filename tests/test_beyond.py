@@ -12,7 +12,7 @@ from bnspike.config import ConfigError
 from bnspike.data import DataError, load_data
 from bnspike.optim import Batches
 from bnspike.probes import Probe
-from bnspike.separable import max_margin
+from bnspike.data.separable import max_margin
 from tests.conftest import CONFIGS, run_config
 from tests.recorder import Recorder
 
@@ -55,8 +55,8 @@ def excursions(values, ratio):
 
 @pytest.mark.parametrize("source", ["separable", "knife_edge"])
 def test_separable_sources_build_what_they_document(source):
-    cfg = config.resolve({"data": {"source": source, "n": 64, "d": 6, "margin": 0.7, "spread": 1.3,
-                                   "support": 2, "data_seed": 5, "center_target": False}})
+    dc = {"source": source, "n": 64, "d": 6, "margin": 0.7, "spread": 1.3, "data_seed": 5, "task": "classification"}
+    cfg = config.resolve({"data": dc | ({"support": 2} if source == "separable" else {})})
     data = load_data(cfg)
     X, y = data.X, data.y
     u = teacher(5, 6)
@@ -75,7 +75,7 @@ def test_separable_sources_build_what_they_document(source):
 
 
 def test_knife_edge_with_unit_margin_and_spread_is_white():
-    cfg = config.resolve({"data": {"source": "knife_edge", "n": 256, "d": 16, "center_target": False}})
+    cfg = config.resolve({"data": {"source": "knife_edge", "n": 256, "d": 16, "task": "classification"}})
     np.testing.assert_allclose(load_data(cfg).facts.sigma, np.eye(16), atol=1e-13)
 
 
