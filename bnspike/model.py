@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .config import ConfigError
+from .config import SCHEMA, ConfigError
 from .init import initial_weight  # numpy, shared with the theory (no torch there)
 
 
@@ -72,7 +72,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _refuse_unused_keys(cfg: dict) -> None:
+    """A key the chosen model does not read must keep its default (never silently ignored)."""
+    mc, bn = cfg["model"], cfg["model"]["kind"] == "bn_linear"
+    unused = [("model.bias", "model.kind=bn_linear (its bias is beta: model.train_beta)")] if bn else [
+        (key, "model.kind=linear (no BatchNorm)")
+        for key in ("model.eps", "model.alpha0", "model.train_beta", "optim.lr_alpha")]
+    if not bn and not mc["bias"]:
+        unused += [(key, "model.bias=false") for key in ("model.beta0", "optim.lr_beta")]
+    for key, why in unused:
+        section, name = key.split(".")
+        if cfg[section][name] != SCHEMA[section][name].default:
+            raise ConfigError(f"{key} is set to {cfg[section][name]!r}, but {why} does not read it; remove it")
+
+
 def build_model(cfg: dict, d: int) -> BNLinear | PlainLinear:
+    _refuse_unused_keys(cfg)
     mc = cfg["model"]
     dtype = getattr(torch, mc["dtype"])
     bn = mc["kind"] == "bn_linear"

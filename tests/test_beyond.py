@@ -184,10 +184,41 @@ def test_bn_model_descends_100_steps_then_spikes_and_heals(pair):
 def test_plain_model_with_bias_and_logistic_probes_degrade_without_crashing(tmp_path_factory):
     with pytest.warns(UserWarning, match="trains a bias"):
         run = run_config(tmp_path_factory, "logistic_precursor.yaml", "model.kind=linear", "model.bias=true",
+                         "optim.lr_alpha=0.01",
                          "data.source=separable", "optim.steps=20", "optim.lr_w=0.5")
     assert run.summary["status"] == "finished"
     assert {"margin/min", "train/accuracy", "param/beta"} <= set(run.metrics)
     assert "align/cos_maxmargin" not in run.metrics and "param/alpha" not in run.metrics
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.kind=linear", "model.alpha0=0.3"], "model.alpha0 is set to 0.3, but model.kind=linear"),
+    (["model.kind=linear", "optim.lr_alpha=0.1"], "optim.lr_alpha is set to 0.1, but model.kind=linear"),
+    (["model.kind=linear", "model.beta0=0.5"], "model.beta0 is set to 0.5, but model.bias=false"),
+    (["model.bias=true"], "model.bias is set to True, but model.kind=bn_linear"),
+    (["optim.nesterov=true"], "optim.nesterov=true needs optim.momentum > 0"),
+    (["optim.schedule=step"], "optim.schedule=step needs optim.step_every > 0"),
+])
+def test_settings_the_run_would_not_read_are_refused(tmp_path, overrides, message):
+    from bnspike.loop import train
+    cfg = config.load(CONFIGS / "whitened_spike.yaml", ["log.progress=none", "optim.lr_alpha=0.01", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, tmp_path)
+
+
+def test_plain_logistic_uses_the_euclidean_max_margin_direction(tmp_path_factory):
+    """Without BN, f = <x, w>: the loss and the alignment with u (the Euclidean max-margin
+    direction of the separable source, Sigma != I here) against direct float64 formulas."""
+    StepRecorder.states.clear()
+    run = run_config(tmp_path_factory, "logistic_precursor.yaml", "model.kind=linear", "optim.lr_alpha=0.01",
+                     "data.source=separable", "data.spread=0.5", "optim.steps=25", "optim.lr_w=0.5",
+                     "probes.extra=['tests.test_beyond:StepRecorder']")
+    data, u, m = load_data(run.cfg), teacher(0, 16), run.metrics
+    assert not np.allclose(data.facts.sigma, np.eye(16), atol=1e-3)
+    for step, (w, g, lr) in enumerate(StepRecorder.states):
+        yf = data.y * (data.X @ w)
+        assert m["loss/train"][step] == pytest.approx(np.mean(np.logaddexp(0.0, -yf)), rel=1e-12)
+        assert m["align/cos_maxmargin"][step] == pytest.approx(u @ w / np.linalg.norm(w), rel=1e-12)
 
 
 # ---------------------------------------------------------------- weight decay
