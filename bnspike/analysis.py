@@ -66,6 +66,11 @@ def crossing(series: dict[str, np.ndarray]) -> tuple[int | None, str | None]:
     return None, None
 
 
+def direction_tag(series: dict) -> str | None:
+    """The logged direction error: to the least-squares direction, or (logistic) the max-margin one."""
+    return next((t for t in ("align/sin2", "align/sin2_maxmargin") if t in series), None)
+
+
 def directional_onset(steps: np.ndarray, sin2: np.ndarray, start: int) -> int | None:
     after = steps >= start
     s, v = steps[after], sin2[after]
@@ -105,8 +110,7 @@ def analyse(series: dict[str, np.ndarray]) -> dict:
         out["outcome"] = "no_rising_edge"
     else:
         out["outcome"] = "unstable_from_start" if cross == steps[0] else "delayed_onset"
-    # the direction error: to the least-squares direction, or to the max-margin one (logistic)
-    direction = next((t for t in ("align/sin2", "align/sin2_maxmargin") if t in series), None)
+    direction = direction_tag(series)
     if cross is not None and direction is not None:
         out["directional_onset"] = directional_onset(steps, series[direction], cross)
     found = spikes(steps, series["loss/excess"]) if "loss/excess" in series else []

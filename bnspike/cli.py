@@ -60,7 +60,12 @@ def cmd_theory(args) -> int:
     from .data import load_data
 
     cfg = config.load(args.config, args.overrides)
-    problem = theory.problem(cfg, load_data(cfg).facts)
+    facts = load_data(cfg).facts
+    unmodelled = theory.outside(cfg, facts)
+    if unmodelled:
+        raise config.ConfigError(f"{args.config}: the theory models full-batch gradient descent on the "
+                                 f"square-loss BN model; this run has {unmodelled}")
+    problem = theory.problem(cfg, facts)
     print(theory.format_table(theory.predict(problem)))
     return 0
 

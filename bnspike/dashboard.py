@@ -84,8 +84,9 @@ def finish(run_dir: pathlib.Path, summary: dict) -> None:
     writer = SummaryWriter(log_dir=str(run_dir))  # the training writer is closed: one at a time
     try:
         writer.add_text("analysis", analysis.table(summary))
+        curve = "loss/excess" if "loss/excess" in measured else "loss/train"  # logistic: no R*
         for name, step in analysis.events(summary).items():
-            writer.add_scalar(MARKERS + name, float(measured["loss/excess"][index[step]]), step)
+            writer.add_scalar(MARKERS + name, float(measured[curve][index[step]]), step)
         writer.add_image("report", matplotlib.image.imread(path), dataformats="HWC")
     finally:
         writer.close()

@@ -58,12 +58,14 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
     probes = build_probes(RunContext(cfg, data, model, dtype, device))
     steps, every = cfg["optim"]["steps"], cfg["probes"]["every"]
     # Theory before the first step (numpy, from the data moments): overlaid on the live curves.
-    problem = theory.problem(cfg, data.facts)
-    reference = theory.reference(problem)
-    prediction = theory.predict(problem, reference)
+    # It models full-batch GD on the square-loss BN model: other settings run without it.
+    unmodelled = theory.outside(cfg, data.facts)
+    problem = None if unmodelled else theory.problem(cfg, data.facts)
+    reference = theory.reference(problem) if problem else {}
 
     (run_dir / "config.yaml").write_text(config.dump(cfg))
-    theory.save(run_dir, prediction, reference)
+    if problem:
+        theory.save(run_dir, theory.predict(problem, reference), reference)
     sinks = [TensorBoardSink(run_dir, cfg["log"]["flush_secs"]), CSVSink(run_dir, cfg["log"]["flush_secs"])]
     dashboard.start(sinks[0], reference, [t for t in range(steps) if t % every == 0 or t == steps - 1])
     progress = Progress(steps, cfg["log"]["progress"])
@@ -105,6 +107,7 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
         for sink in sinks:
             sink.close()
     summary = {"status": status, "steps": steps, **({"stopped": stopped} if stopped else {}),
+               **({"theory": f"not modelled ({unmodelled})"} if unmodelled else {}),
                **analysis.summarize(run_dir)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     dashboard.finish(run_dir, summary)

@@ -42,9 +42,14 @@ def figure(run_dir: pathlib.Path):
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.91, wspace=0.15, hspace=0.18)
     (ax_loss, ax_stab), (ax_dir, ax_geo) = axes
 
-    _plot(ax_loss, measured, reference, "loss/excess", "excess loss R - R*", log=True)
-    ax_loss.set_title("loss: excess over the least-squares floor")
-    _plot(ax_dir, measured, reference, "align/sin2", "sin^2 (misalignment)", log=True)
+    if "loss/excess" in measured:
+        _plot(ax_loss, measured, reference, "loss/excess", "excess loss R - R*", log=True)
+        ax_loss.set_title("loss: excess over the least-squares floor")
+    else:  # logistic loss: no finite minimiser, no floor
+        _plot(ax_loss, measured, reference, "loss/train", "train loss", log=True)
+        ax_loss.set_title("loss")
+    direction = analysis.direction_tag(measured)
+    _plot(ax_dir, measured, reference, direction, "sin^2 (misalignment)", log=True)
     ax_dir.set_title("direction: grows from round-off after the crossing")
     index = {int(s): i for i, s in enumerate(measured["step"])}
     markers = {}
@@ -54,6 +59,9 @@ def figure(run_dir: pathlib.Path):
             continue
         step = events[name]
         ax = ax_dir if tag == "align/sin2" else ax_loss
+        tag = direction if tag == "align/sin2" else tag
+        if tag not in measured:  # a spike without loss/excess: logistic runs
+            continue
         line, = ax.plot([step], [measured[tag][index[step]]], symbol, color=color, ms=10, label=f"{name} @ {step}")
         markers[name] = (float(line.get_xdata()[0]), float(line.get_ydata()[0]))
 
@@ -73,7 +81,8 @@ def figure(run_dir: pathlib.Path):
         line = ax_stab.axvline(cross, color="gray", ls=":", lw=1.0, label=f"crossing @ {cross}")
         markers["crossing"] = (float(line.get_xdata()[0]), analysis.LIMIT)
     for ax in axes.flat:
-        ax.legend(fontsize=7, loc="best")
+        if ax.get_legend_handles_labels()[0]:  # a panel can be empty (e.g. no alignment logged)
+            ax.legend(fontsize=7, loc="best")
         ax.grid(alpha=0.3)
     for ax in axes[1]:
         ax.set_xlabel("step")

@@ -61,6 +61,18 @@ class Problem:
     steps: int
 
 
+def outside(cfg: dict, facts) -> str | None:
+    """Why this theory does not describe the run, or None. It models full-batch gradient descent
+    on the square-loss BN model; the other settings of issue 7 run without a theory overlay."""
+    mc, oc = cfg["model"], cfg["optim"]
+    reasons = [why for why, on in (
+        ("logistic loss", oc["loss"] != "square"), ("no BatchNorm", mc["kind"] != "bn_linear"),
+        ("mini-batches", oc["batch_size"] not in (0, facts.n)), ("weight decay", oc["weight_decay"] > 0),
+        ("momentum", oc["momentum"] > 0), (f"{oc['schedule']} schedule", oc["schedule"] != "constant"))
+        if on]
+    return ", ".join(reasons) or None
+
+
 def problem(cfg: dict, facts) -> Problem:
     mc, oc = cfg["model"], cfg["optim"]
     return Problem(

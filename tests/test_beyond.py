@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from bnspike import config
+from bnspike import analysis, config
 from bnspike.config import ConfigError
 from bnspike.data import DataError, load_data
 from bnspike.optim import Batches
@@ -43,12 +43,6 @@ def bn_output(w, alpha, beta, X, eps):
 def teacher(seed, d):
     u = np.random.default_rng(seed).standard_normal(d)  # the first draw of both sources
     return u / np.linalg.norm(u)
-
-
-def excursions(values, ratio):
-    """Separate excursions of a series above `ratio` x its running minimum (start steps)."""
-    above = values > ratio * np.minimum.accumulate(values)
-    return np.flatnonzero(np.diff(above.astype(int)) == 1) + 1
 
 
 # ---------------------------------------------------------------- separable data, max margin
@@ -128,18 +122,20 @@ def test_logistic_logged_values_equal_independent_float64(logistic_run):
 
 
 def test_logistic_precursor_direction_error_grows_after_descent(logistic_run):
-    m, summary = logistic_run.metrics, logistic_run.summary
-    p = summary["direction_precursor"]
+    m, story = logistic_run.metrics, logistic_run.summary["measured"]
     err, es = m["align/sin2_maxmargin"], m["stability/eta_sharpness"]
-    assert err[p["descent_until"]] < 1e-20 < err[0]  # the descent phase aligned the direction
-    assert 50 < p["descent_until"] < p["onset"] < p["peak"]
-    assert p["growth"] > 1e10 and err[p["peak"]] > 1e-6
-    # the mechanism: eta * sharpness crossed 2 after the descent, before the onset
-    crossed = np.flatnonzero(np.nan_to_num(es) > 2)
-    assert crossed.size and p["descent_until"] - 100 < crossed[0] < p["onset"]
-    assert np.nanmax(es[:crossed[0]]) < 2
-    assert m["train/accuracy"][p["descent_until"]:].min() == 1.0
-    assert json.loads((logistic_run.dir / "summary.json").read_text())["direction_precursor"] == p
+    cross, onset = story["crossing"], story["directional_onset"]
+    assert story["crossing_from"] == "stability/eta_sharpness" and 100 <= cross < onset
+    # descent phase: eta * sharpness below 2 while the direction error falls from O(1) to round-off
+    assert np.nanmax(es[:cross]) < 2 and err[0] > 0.5 and err[:cross].min() < 1e-20
+    # precursor: after the crossing the error leaves its floor and grows by more than 10 decades,
+    # then (finite horizon: alpha keeps growing, the curvature falls) contracts again
+    floor, peak = err[:onset].min(), err[onset:].max()
+    assert err[onset] > 100 * err[cross:onset].min() and peak > 1e10 * floor and peak > 1e-6
+    assert err[-1] < 1e-6 * peak
+    assert m["train/accuracy"][cross:].min() == 1.0
+    on_disk = json.loads((logistic_run.dir / "summary.json").read_text())
+    assert on_disk["measured"]["directional_onset"] == onset and "not modelled (logistic loss)" in on_disk["theory"]
 
 
 def test_logistic_refuses_non_binary_labels(tmp_path):
@@ -154,7 +150,7 @@ def test_logistic_refuses_non_binary_labels(tmp_path):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     return (run_config(tmp_path_factory, "baseline_bn.yaml", FAST),
-            run_config(tmp_path_factory, "baseline_plain.yaml", FAST))
+            run_config(tmp_path_factory, "baseline_plain.yaml"))
 
 
 def test_plain_model_is_unstable_from_the_first_step_and_stops_cleanly(pair):
@@ -163,6 +159,9 @@ def test_plain_model_is_unstable_from_the_first_step_and_stops_cleanly(pair):
     # 1 - eta * lambda = -3 on whitened data: the residual flips sign and the loss grows 9x per step
     np.testing.assert_allclose(loss[1:20] / loss[:19], 9.0, rtol=1e-6)
     assert plain.summary["status"] == "diverged"
+    # the Hessian of the plain square loss is Sigma = I: eta * sharpness = 4 at every step
+    np.testing.assert_allclose(plain.metrics["stability/eta_sharpness"], 4.0, rtol=1e-12)
+    assert plain.summary["measured"]["outcome"] == "unstable_from_start"
     stop = plain.summary["stopped"]
     assert "non-finite" in stop["cause"] and 250 < stop["step"] < 400
     assert plain.metrics["step"][-1] == stop["step"] - 1 and np.all(np.isfinite(loss))
@@ -179,6 +178,8 @@ def test_bn_model_descends_100_steps_then_spikes_and_heals(pair):
     peak = rise + int(np.argmax(excess[rise:rise + 50]))
     assert excess[peak] > 2 * excess[rise - 1]
     assert excess[-1] < 1e-2 * excess[peak]
+    story = bn.summary["measured"]
+    assert story["outcome"] == "delayed_onset" and story["first_spike"]["rising_edge"] == rise
 
 
 def test_plain_model_with_bias_and_logistic_probes_degrade_without_crashing(tmp_path_factory):
@@ -225,12 +226,17 @@ def test_plain_logistic_uses_the_euclidean_max_margin_direction(tmp_path_factory
 
 def test_weight_decay_gives_repeated_separate_spikes(tmp_path_factory):
     run = run_config(tmp_path_factory, "weight_decay_spikes.yaml", FAST)
-    excess, norm = run.metrics["loss/excess"], run.metrics["norm/w"]
-    starts = excursions(excess, 3.0)
-    assert len(starts) >= 2 and np.all(np.diff(starts) > 50)
-    for t in starts:  # each spike is the norm jumping back up after weight decay shrank it
-        assert norm[t + 20] > 1.1 * norm[t - 1]
-        assert norm[t - 1] < norm[t - 41]
+    m = run.metrics
+    found = analysis.spikes(m["step"].astype(int), m["loss/excess"])
+    big = [s for s in found if s.height_ratio > 3]
+    assert run.summary["measured"]["spikes"] == len(found) and len(big) >= 2
+    for first, second in zip(big, big[1:]):  # separate: healed before the next one rises
+        assert first.recovery is not None and first.recovery + 50 < second.rising_edge
+    norm, lr_eff = m["norm/w"], m["lr/effective"]
+    for s in big:  # weight decay shrank ||w|| (effective lr up) before, the spike makes it jump
+        t = s.rising_edge
+        assert norm[t - 1] < norm[t - 41] and lr_eff[t - 1] > lr_eff[t - 41]
+        assert norm[s.recovery] > 1.1 * norm[t - 1]
 
 
 # ---------------------------------------------------------------- mini-batch SGD
@@ -297,3 +303,11 @@ def test_momentum_and_weight_decay_follow_the_heavy_ball_recursion(tmp_path_fact
         buf = g if buf is None else mu * buf + g
         step = g + mu * buf if nesterov else buf
         np.testing.assert_allclose(w_next, w - lr * step, rtol=0, atol=1e-14)
+
+
+def test_theory_command_refuses_settings_it_does_not_model(capsys):
+    from bnspike import cli
+    assert cli.main(["theory", str(CONFIGS / "logistic_precursor.yaml")]) == 2
+    assert "the theory models full-batch gradient descent" in capsys.readouterr().err
+    assert cli.main(["theory", str(CONFIGS / "weight_decay_spikes.yaml")]) == 2
+    assert "weight decay" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Predicted regime and crossing step against short real nn.BatchNorm1d runs over a grid.
 
-The real runs use the project's model, optimizer and loss (loop.py's building blocks) but no
+The real runs use the project's model, optimizer and loss (the loop's building blocks) but no
 probes or sinks, and stop at the crossing: kappa_t = eta alpha_t <b, w_t> / ||w_t||^3 is read
 off the live parameters (Sigma = I), exactly what stability/kappa logs.
 """
@@ -11,8 +11,9 @@ import torch
 
 from bnspike import analysis, config, theory
 from bnspike.data import load_data
-from bnspike.loop import build_optimizer, square_loss
+from bnspike.losses import square_loss
 from bnspike.model import build_model
+from bnspike.optim import build_optimizer
 from tests.conftest import CONFIGS
 
 HORIZON = 400
@@ -25,7 +26,7 @@ def real_run(cfg) -> dict[str, np.ndarray]:
     """Train the real model until kappa >= 2 or the horizon; the logged-style kappa series."""
     data = load_data(cfg)
     model = build_model(cfg, data.facts.d)
-    optimizer = build_optimizer(cfg, model)
+    optimizer, _ = build_optimizer(cfg, model)  # constant schedule
     X, y, b = (torch.as_tensor(a) for a in (data.X, data.y, data.facts.b))
     eta, kappas = cfg["optim"]["lr_w"], []
     for step in range(HORIZON):
