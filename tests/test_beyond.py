@@ -134,6 +134,13 @@ def test_logistic_precursor_direction_error_grows_after_descent(logistic_run):
     assert err[onset] > 100 * err[cross:onset].min() and peak > 1e10 * floor and peak > 1e-6
     assert err[-1] < 1e-6 * peak
     assert m["train/accuracy"][cross:].min() == 1.0
+    # aligned, all samples on the unit margin, Sigma = I: the Hessian in w along the sphere is
+    # alpha s(-alpha) (alpha s(alpha) + 1) / ||w||^2 (s the sigmoid), and it is the top eigenvalue
+    alpha, norm = m["param/alpha"], m["norm/w"]
+    closed = alpha * (1 + alpha / (1 + np.exp(-alpha))) / (1 + np.exp(alpha)) / norm ** 2
+    aligned = (err < 1e-20) & np.isfinite(es)
+    assert aligned.sum() > 15
+    np.testing.assert_allclose(es[aligned], 1.25 * closed[aligned], rtol=1e-7)
     on_disk = json.loads((logistic_run.dir / "summary.json").read_text())
     assert on_disk["measured"]["directional_onset"] == onset and "not modelled (logistic loss)" in on_disk["theory"]
 
