@@ -1,10 +1,11 @@
 """Run configuration: load YAML safely, apply `key=value` overrides, validate, fill defaults.
 
-A config is a nested dict with four sections (data, model, optim, probes, log) plus a few
+A config is a nested dict of sections (data, model, optim, probes, checkpoint, log) plus a few
 top-level keys. Every key that exists is listed in SCHEMA below with its type and default;
 anything else is an error that names the nearest valid key. YAML's traps are closed here:
 duplicated keys are refused, `1e-3` (which PyYAML reads as a string) is accepted as a number,
-and `yes`/`no`/`on`/`off` are only accepted where a boolean is expected.
+`yes`/`no`/`on`/`off` are only accepted where a boolean is expected, and YAML 1.1's octal
+(`010` -> 8) and base-60 (`1:30` -> 90) integers are refused rather than silently converted.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class Field:
     positive: bool = False  # strictly > 0
     max: float | None = None
     nullable: bool = False
+    item: str | None = None  # kind of each element of a list ("float", "str")
     help: str = ""
 
 
@@ -49,7 +51,7 @@ SCHEMA: dict[str, Any] = {
         "spectrum": Field(S, "isotropic", choices=("isotropic", "linear", "power", "list")),
         "spectrum_max": Field(F, 10.0, positive=True, help="largest eigenvalue for linear/power spectra"),
         "spectrum_power": Field(F, 1.0, positive=True),
-        "spectrum_values": Field(L, [], help="eigenvalues of Sigma when spectrum=list"),
+        "spectrum_values": Field(L, [], item=F, help="eigenvalues of Sigma when spectrum=list"),
         "teacher_norm": Field(F, 1.0, min=0.0),
         "noise": Field(F, 0.0, min=0.0),
         "data_seed": Field(I, 0, min=0),
@@ -119,7 +121,10 @@ SCHEMA: dict[str, Any] = {
         "sharpness_tol": Field(F, 1e-10, positive=True),
         "sharpness_max_iter": Field(I, 64, positive=True, help="Lanczos products before the dense fallback"),
         "sharpness_dense_max": Field(I, 64, min=0, help="exact dense Hessian up to this d"),
-        "extra": Field(L, [], help="user probes as 'package.module:Name'"),
+        "extra": Field(L, [], item=S, help="user probes as 'package.module:Name'"),
+    },
+    "checkpoint": {
+        "every": Field(I, 100, min=0, help="write checkpoint.pt every k steps (0: only when interrupted)"),
     },
     "log": {
         "flush_secs": Field(F, 2.0, positive=True),
@@ -136,17 +141,33 @@ class _StrictLoader(yaml.SafeLoader):
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
     seen = {}
-    for key_node, _ in node.value:
+    for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise ConfigError(
                 f"duplicated key {key!r} at line {key_node.start_mark.line + 1} "
                 f"(first at line {seen[key] + 1}); YAML would silently keep the last one")
         seen[key] = key_node.start_mark.line
+        try:
+            loader.construct_object(value_node, deep=deep)  # cached: construct_mapping reuses it
+        except ConfigError as e:
+            raise ConfigError(f"key {key!r} at line {key_node.start_mark.line + 1}: {e}") from None
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """YAML 1.1 reads `010` as octal 8 and `1:30` as base-60 90: refuse both, never guess."""
+    digits = node.value.replace("_", "").lstrip("+-")
+    if ":" in digits or (len(digits) > 1 and digits[0] == "0" and digits.isdigit()):
+        kind = "a base-60 number" if ":" in digits else "an octal number"
+        raise ConfigError(f"{node.value!r} is read by YAML 1.1 as {kind} "
+                          f"({loader.construct_yaml_int(node)}); write it without the "
+                          f"{'colon' if ':' in digits else 'leading zero'}, or quote it")
+    return loader.construct_yaml_int(node)
+
+
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def load_yaml(path: str | pathlib.Path) -> dict:
@@ -180,12 +201,13 @@ def _coerce(value: Any, spec: Field, where: str) -> Any:
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if isinstance(value, bool) and kind != B:
-        raise ConfigError(f"{where}: expected a {kind}, got the boolean {value!r} "
+        expected = f"one of {', '.join(spec.choices)}" if spec.choices else f"a {kind}"
+        raise ConfigError(f"{where}: expected {expected}, got the boolean {value!r} "
                           "(YAML reads yes/no/on/off as booleans: quote it if you mean text)")
     if kind in (F, I):
         if isinstance(value, str):
-            try:  # PyYAML reads `1e-3` (no dot) as a string: accept the number the user wrote
-                value = float(value.strip()) if kind == F else int(value.strip(), 10)
+            try:  # PyYAML reads `1e-3` and `1e4` (no dot) as strings: accept the number written
+                value = int(value.strip(), 10) if kind == I and value.strip().isdigit() else float(value)
             except ValueError:
                 raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if kind == I:
@@ -217,7 +239,10 @@ def _coerce(value: Any, spec: Field, where: str) -> Any:
     if kind == L:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return list(value)
+        if spec.item is None:
+            return list(value)
+        item = Field(spec.item, None, positive=spec.positive)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if kind == M:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"{where}: expected a mapping of names to values, got {value!r}")
@@ -237,10 +262,13 @@ def _all_keys(schema: dict, prefix: str = "") -> list[str]:
 
 
 def _unknown(key: str, schema: dict, prefix: str, source: str) -> ConfigError:
-    full = prefix + key
-    near = difflib.get_close_matches(full, _all_keys(SCHEMA), n=1, cutoff=0.5)
+    """Suggest the nearest key of the same section, else the same name in another section."""
+    near = [prefix + k for k in difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)]
+    if not near:
+        elsewhere = {k.rpartition(".")[2]: k for k in reversed(_all_keys(SCHEMA))}
+        near = [elsewhere[k] for k in difflib.get_close_matches(key, list(elsewhere), n=1, cutoff=0.8)]
     hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys here: {', '.join(schema)}"
-    return ConfigError(f"{source}: unknown key {full!r}{hint}")
+    return ConfigError(f"{source}: unknown key {prefix + key!r}{hint}")
 
 
 def _validate(raw: dict, schema: dict, prefix: str, source: str) -> dict:
@@ -283,6 +311,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override {text!r}: empty key")
     try:
         parsed = yaml.load(value, Loader=_StrictLoader) if value.strip() else ""
+    except ConfigError as e:
+        raise ConfigError(f"override {text!r}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
     return key.split("."), parsed
@@ -298,6 +328,9 @@ def resolve(raw: dict, overrides: list[str] = (), source: str = "config") -> dic
         for part in reversed(path):
             nested = {part: nested}
         _merge(cfg, _validate(nested, SCHEMA, "", f"override {text!r}"))
+    if cfg["name"] in ("", ".", "..") or any(c in cfg["name"] for c in "/\\\0"):
+        raise ConfigError(f"{source}: name: {cfg['name']!r} must be a plain file name "
+                          "(it becomes the run directory's name)")
     return cfg
 
 
