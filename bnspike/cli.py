@@ -1,6 +1,8 @@
-"""Command line: `bnspike train|theory CONFIG [key=value ...]`, `bnspike report RUN_DIR`.
+"""Command line: `bnspike train|theory CONFIG [key=value ...]`, `bnspike report|resume RUN_DIR`.
 
-Exit codes: 0 finished, 2 bad config or data (nothing written).
+Exit codes: 0 finished, 1 unexpected error (traceback), 2 bad config, data or run directory
+(nothing trained), 3 diverged (NaN/inf; step and cause in summary.json), 128 + signal number
+when interrupted (130 SIGINT, 143 SIGTERM: a checkpoint was written, `bnspike resume` continues).
 """
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import argparse
 import contextlib
 import datetime
 import pathlib
+import shlex
+import signal
 import sys
 
-from . import config
+from . import checkpoint, config
 from .data import DataError
 
 
@@ -37,7 +41,6 @@ def claim_run_dir(path: pathlib.Path) -> pathlib.Path:
 
 
 def cmd_train(args) -> int:
-    from . import analysis, report
     from .loop import train  # torch import deferred so config errors print instantly
 
     cfg = config.load(args.config, args.overrides)
@@ -49,9 +52,7 @@ def cmd_train(args) -> int:
         with contextlib.suppress(OSError):
             run_dir.rmdir()  # only if training failed before writing anything: never lose data
         raise
-    print(analysis.table(summary))
-    print(f"bnspike: summary in {run_dir / 'summary.json'}, figure in {run_dir / report.FILE}")
-    return 0
+    return outcome(summary, run_dir)
 
 
 def cmd_theory(args) -> int:
@@ -80,6 +81,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_resume(args) -> int:
+    from .loop import train
+
+    checkpoint.check_resumable(args.run_dir)
+    cfg = config.load(args.run_dir / "config.yaml")
+    print(f"bnspike: resuming {args.run_dir}", flush=True)
+    return outcome(train(cfg, args.run_dir, resume=True), args.run_dir)
+
+
+def outcome(summary: dict, run_dir: pathlib.Path) -> int:
+    """Print what happened; return the exit code that says it."""
+    from . import analysis, report
+
+    print(analysis.table(summary))
+    stopped = summary.get("stopped", {})
+    if summary["status"] == "interrupted":
+        print(f"bnspike: interrupted by {stopped['signal']} before step {stopped['step']}; checkpoint "
+              f"written; continue with: bnspike resume {shlex.quote(str(run_dir))}", file=sys.stderr)
+        return 128 + signal.Signals[stopped["signal"]].value
+    if (run_dir / report.FILE).is_file():
+        print(f"bnspike: summary in {run_dir / 'summary.json'}, figure in {run_dir / report.FILE}")
+    if summary["status"] == "diverged":
+        print(f"bnspike: diverged at step {stopped['step']}: {stopped['cause']}; metrics before it are in "
+              f"{run_dir}", file=sys.stderr)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnspike", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="draw RUN_DIR/report.png (loss, stability, direction, geometry)")
     p.add_argument("run_dir", type=pathlib.Path)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("resume", help="continue an interrupted or killed run from its checkpoint")
+    p.add_argument("run_dir", type=pathlib.Path, help="the run directory, e.g. runs/whitened_spike-...")
+    p.set_defaults(func=cmd_resume)
     return parser
 
 
@@ -109,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
-    except (config.ConfigError, DataError, FileExistsError, FileNotFoundError) as e:
+    except (config.ConfigError, DataError, FileExistsError, FileNotFoundError,
+            checkpoint.CheckpointError) as e:
         print(f"bnspike: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint for the step in progress
+        print("bnspike: aborted; `bnspike resume` continues from the last checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

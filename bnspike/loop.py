@@ -1,22 +1,27 @@
 """The training loop: gradient descent on the real model, probed every step.
 
-Read top to bottom: build data, model, optimizer and probes; then per step
-    forward (train-mode BN, full batch or the step's mini-batch) -> backward -> snapshot w_t
-    -> optimizer and schedule step -> probes read the state -> one host sync -> sinks.
+Read top to bottom: build data, model, optimizer and probes (or restore them from a
+checkpoint); then per step
+    [checkpoint when due or signalled] -> forward (train-mode BN, full batch or the step's
+    mini-batch) -> backward -> snapshot w_t -> optimizer and schedule step
+    -> stop if the loss, a gradient or a parameter is NaN/inf
+    -> probes read the state -> one host sync -> sinks.
 In mini-batch runs the probes still see the paper's objective: `loss/train` is the full-batch
 train-mode loss at w_t, the mini-batch loss of the step is `loss/batch`.
-A non-finite loss at a logged step stops the run cleanly with status "diverged".
+The run ends "finished", "diverged" or "interrupted" (SIGINT/SIGTERM: the current step
+completes, then a checkpoint; `bnspike resume` continues); summary.json's `stopped` says where.
 """
 from __future__ import annotations
 
 import functools
 import json
-import math
 import pathlib
+import signal
+import threading
 
 import torch
 
-from . import analysis, config, dashboard, theory
+from . import analysis, checkpoint, config, dashboard, theory
 from .data import load_data
 from .losses import get_loss
 from .model import build_model, forward_at
@@ -44,7 +49,49 @@ def hvp_at(model, X, y, loss_fn, w, alpha, beta):
     return hvp, hvp_batched
 
 
-def train(cfg: dict, run_dir: pathlib.Path) -> dict:
+def _nonfinite(loss: torch.Tensor, params: list[tuple[str, torch.Tensor]]) -> str | None:
+    """What went NaN/inf in this step (the loss, a gradient, an updated parameter), or None.
+
+    One fused test and one host sync per step; naming the culprit is the rare slow path.
+    `params` is model.named_parameters() listed once: walking the modules every step costs more.
+    """
+    named = [("loss", loss)] + [(f"gradient of {n}", p.grad) for n, p in params if p.grad is not None]
+    named += [(f"parameter {n} after the update", p) for n, p in params]
+    with torch.no_grad():
+        if torch.isfinite(torch.cat([t.reshape(-1) for _, t in named])).all():
+            return None
+        name, t = next((name, t.reshape(-1)) for name, t in named if not torch.isfinite(t).all())
+        return f"non-finite {name} ({t[~torch.isfinite(t)][0].item()})"
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM only set `self.signal`: the loop finishes the step, checkpoints, stops.
+
+    A second signal gets the previous handler (Ctrl-C twice aborts at once). Handlers can only
+    be installed from the main thread; elsewhere signals keep their usual effect.
+    """
+
+    def __init__(self):
+        self.signal: str | None = None
+        main = threading.current_thread() is threading.main_thread()
+        signals = (signal.SIGINT, signal.SIGTERM) if main else ()
+        self.previous = {s: signal.signal(s, self._handle) for s in signals}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+        else:
+            self.restore()
+            signal.raise_signal(signum)
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self.previous = {}
+
+
+def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
+    """Train `cfg` into `run_dir`, or with `resume` continue it from its checkpoint."""
     torch.manual_seed(cfg["seed"])
     data = load_data(cfg)
     print(f"bnspike: data {data.description}", flush=True)  # includes a classification label map
@@ -62,16 +109,28 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
     unmodelled = theory.outside(cfg, data.facts)
     problem = None if unmodelled else theory.problem(cfg, data.facts)
     reference = theory.reference(problem) if problem else {}
+    parts = checkpoint.stateful(probes, model=model, optimizer=optimizer, schedule=schedule, batches=batches)
+    params = list(model.named_parameters())  # for the divergence test
+    start = checkpoint.restore(run_dir, parts) if resume else 0
 
-    (run_dir / "config.yaml").write_text(config.dump(cfg))
-    if problem:
-        theory.save(run_dir, theory.predict(problem, reference), reference)
-    sinks = [TensorBoardSink(run_dir, cfg["log"]["flush_secs"]), CSVSink(run_dir, cfg["log"]["flush_secs"])]
-    dashboard.start(sinks[0], reference, [t for t in range(steps) if t % every == 0 or t == steps - 1])
-    progress = Progress(steps, cfg["log"]["progress"])
-    status, stopped = "running", None
+    if not resume:
+        (run_dir / "config.yaml").write_text(config.dump(cfg))
+        if problem:
+            theory.save(run_dir, theory.predict(problem, reference), reference)
+    flush_secs, checkpoint_every = cfg["log"]["flush_secs"], cfg["checkpoint"]["every"]
+    sinks = [TensorBoardSink(run_dir, flush_secs, purge_step=start if resume else None),
+             CSVSink(run_dir, flush_secs, append=resume)]
+    dashboard.start(sinks[0], reference, [t for t in range(start, steps) if t % every == 0 or t == steps - 1])
+    progress = Progress(steps, cfg["log"]["progress"], initial=start)
+    outcome = {"status": "finished"}
+    stop = _StopOnSignal()
     try:
-        for step in range(steps):
+        for step in range(start, steps):
+            if stop.signal or (checkpoint_every and step % checkpoint_every == 0):
+                checkpoint.save(run_dir, step, parts, sinks)
+                if stop.signal:
+                    outcome = {"status": "interrupted", "stopped": {"step": step, "signal": stop.signal}}
+                    break
             rows = batches.next()  # None: the full batch
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(X), y) if rows is None else loss_fn(model(X[rows]), y[rows])
@@ -82,11 +141,12 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
                 alpha, beta = _snapshot(model.alpha), _snapshot(model.beta)
                 lr_w = optimizer.param_groups[0]["lr"]
                 full_loss = loss.detach() if rows is None else _full_batch_loss(model, X, y, loss_fn, w, alpha, beta)
-                if not math.isfinite(full_loss):  # smallest clean stop: probes need finite iterates
-                    stopped = {"step": step, "cause": f"non-finite training loss ({float(full_loss)})"}
-                    break
             optimizer.step()
             schedule.step()
+            cause = _nonfinite(loss, params)
+            if cause:  # the probes only ever see finite iterates
+                outcome = {"status": "diverged", "stopped": {"step": step, "cause": cause}}
+                break
             if not logged:
                 continue
             state = StepState(
@@ -101,16 +161,21 @@ def train(cfg: dict, run_dir: pathlib.Path) -> dict:
             for sink in sinks:
                 sink.write(step, row)
             progress.update(step, row["loss/train"])
-        status = "finished" if stopped is None else "diverged"
     finally:
+        stop.restore()
         progress.close()
         for sink in sinks:
             sink.close()
-    summary = {"status": status, "steps": steps, **({"stopped": stopped} if stopped else {}),
+    seeds = {"seed": cfg["seed"], "data.data_seed": cfg["data"]["data_seed"],
+             "model.w0_seed": cfg["model"]["w0_seed"], "optim.shuffle_seed": cfg["optim"]["shuffle_seed"]}
+    summary = {**outcome, "steps": steps, "seeds": seeds,
                **({"theory": f"not modelled ({unmodelled})"} if unmodelled else {}),
                **analysis.summarize(run_dir)}
+    if resume:
+        summary["resumed_from_step"] = start
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    dashboard.finish(run_dir, summary)
+    if outcome["status"] != "interrupted" and summary["logged_steps"]:  # a resumed run gets it at its end
+        dashboard.finish(run_dir, summary)
     return summary
 
 
@@ -130,6 +195,10 @@ def _gather(values: dict) -> dict[str, float]:
     tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
     out = {k: float(v) for k, v in values.items() if k not in tensors}
     if tensors:
-        flat = torch.stack([t.detach().reshape(()).to(torch.float64) for t in tensors.values()]).tolist()
+        shaped = [f"{k!r} has shape {tuple(t.shape)}" for k, t in tensors.items() if t.numel() != 1]
+        if shaped:
+            raise ValueError(f"probe values must be 0-dim tensors or floats: {'; '.join(shaped)}")
+        device = next(iter(tensors.values())).device  # a probe may compute on another device or dtype
+        flat = torch.stack([t.detach().reshape(()).to(device, torch.float64) for t in tensors.values()]).tolist()
         out.update(zip(tensors, flat))
     return {k: out[k] for k in values}  # keep the probes' order

@@ -94,3 +94,10 @@ class Batches:
             self.queue = [torch.as_tensor(order[i:i + self.size], device=self.device)
                           for i in range(0, len(order), self.size)][::-1]
         return self.queue.pop()
+
+    def state_dict(self) -> dict:  # for checkpoints: a resumed run draws the same batches
+        return {"rng": self.rng.bit_generator.state, "queue": list(self.queue)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.queue = [rows.to(self.device) for rows in state["queue"]]

@@ -6,6 +6,10 @@
         def __call__(self, state):     # after every logged step
             return {"custom/w_sigma_norm": (state.w @ self.sigma @ state.w).sqrt()}
 
+A probe that carries state from step to step (a warm start, a random generator) also defines
+`state_dict()` and `load_state_dict(state)`, so checkpoints save it and a resumed run logs
+exactly what an uninterrupted one would.
+
 Name it in the config as `probes.extra: ["mypackage.probes:MyProbe"]`. Return 0-dim tensors
 (preferred: the loop gathers every probe's tensors and syncs with the device once per step) or
 Python floats. Every value at step t describes the iterate w_t the step started from, plus the
@@ -158,6 +162,14 @@ class Sharpness(Probe):
             top = hessian.dense_top(hvp_batched, d, s.w)
         self.vector = top.vector
         return {"stability/sharpness": top.value, "stability/eta_sharpness": s.lr_w * top.value}
+
+    def state_dict(self) -> dict:
+        return {"vector": self.vector, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        vector = state["vector"]
+        self.vector = None if vector is None else vector.to(self.generator.device)
+        self.generator.set_state(state["generator"])
 
 
 class Margin(Probe):

@@ -22,22 +22,34 @@ METRICS = "metrics.csv"
 
 
 class TensorBoardSink:
-    def __init__(self, run_dir: pathlib.Path, flush_secs: float):
-        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=flush_secs)
+    def __init__(self, run_dir: pathlib.Path, flush_secs: float, purge_step: int | None = None):
+        if purge_step is not None:
+            # Resume: readers drop the older files' events from purge_step on, so replayed steps
+            # never show twice (no zig-zag). They read files in name order, and a name starts
+            # with its creation second: start a new second so this file sorts after the old ones.
+            old = [int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*")]
+            time.sleep(max(0.0, max(old, default=0) + 1 - time.time()))
+        self.writer = SummaryWriter(log_dir=str(run_dir), flush_secs=flush_secs, purge_step=purge_step)
 
     def write(self, step: int, row: dict[str, float]) -> None:
         values = [Summary.Value(tag=tag, simple_value=value) for tag, value in row.items()]
         self.writer.file_writer.add_summary(Summary(value=values), step)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()
 
 
 class CSVSink:
-    def __init__(self, run_dir: pathlib.Path, flush_secs: float):
+    def __init__(self, run_dir: pathlib.Path, flush_secs: float, append: bool = False):
         self.path = run_dir / METRICS
-        self.file = open(self.path, "x", newline="")  # "x": never overwrite
         self.columns: list[str] | None = None
+        if append:  # a resumed run continues, under its header, the file the checkpoint truncated
+            with open(self.path) as f:
+                self.columns = f.readline().rstrip("\n").split(",")[1:] or None
+        self.file = open(self.path, "a" if append else "x", newline="")  # "x": never overwrite
         self.flush_secs, self.last_flush = flush_secs, time.monotonic()
 
     def write(self, step: int, row: dict[str, float]) -> None:
@@ -53,8 +65,11 @@ class CSVSink:
         self.file.write(f"{step}," + ",".join(cells) + "\n")
         now = time.monotonic()
         if now - self.last_flush >= self.flush_secs:
-            self.file.flush()
-            self.last_flush = now
+            self.flush()
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.last_flush = time.monotonic()
 
     def close(self) -> None:
         self.file.close()
@@ -76,7 +91,7 @@ def read_metrics(path: str | pathlib.Path) -> dict[str, list[float]]:
 class Progress:
     """A tqdm bar on a terminal, a plain line every ~10% otherwise."""
 
-    def __init__(self, total: int, mode: str, stream=sys.stderr):
+    def __init__(self, total: int, mode: str, stream=sys.stderr, initial: int = 0):
         if mode == "auto":
             mode = "bar" if stream.isatty() else "lines"
         self.mode, self.total, self.stream = mode, total, stream
@@ -84,7 +99,7 @@ class Progress:
         self.bar = None
         if mode == "bar":
             from tqdm import tqdm
-            self.bar = tqdm(total=total, file=stream, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, file=stream, unit="step", dynamic_ncols=True)
 
     def update(self, step: int, loss: float) -> None:
         if self.bar is not None:

@@ -102,6 +102,7 @@ def kappa_limit(facts) -> float:
     return 2.0 / mu if mu > 1e-12 * facts.sigma_eigs[-1] else math.inf
 
 
+@np.errstate(over="ignore", invalid="ignore")  # a diverging map ends in inf/NaN; the run reports it
 def reference(pr: Problem) -> dict[str, np.ndarray]:
     """The closed-form gradient-descent map (any Sigma, eps and beta exact), float64 numpy.
 
@@ -112,7 +113,8 @@ def reference(pr: Problem) -> dict[str, np.ndarray]:
     sigma, b, v_ls = f.sigma, f.b, ls_direction(f)
     limit = kappa_limit(f)
     store = np.float32 if pr.dtype == "float32" else np.float64
-    w, gamma, beta = pr.w0.astype(store).astype(float), float(store(pr.alpha0)), float(store(pr.beta0))
+    # np.float64, not float: a diverging map overflows to inf (as the run does) instead of raising
+    w, gamma, beta = pr.w0.astype(store).astype(float), np.float64(store(pr.alpha0)), np.float64(store(pr.beta0))
     out = {tag: np.empty(pr.steps) for tag in TAGS}
     out["step"] = np.arange(pr.steps, dtype=float)
     out["stability/kappa_limit"][:] = limit
@@ -141,12 +143,13 @@ def reference(pr: Problem) -> dict[str, np.ndarray]:
         grad_w = -gamma / q * b + (gamma * p / (q2 * q) + gamma ** 2 * pr.eps / (q2 * q2)) * sw
         grad_gamma = gamma * s / q2 - p / q
         w = (w - pr.eta * grad_w).astype(store).astype(float)
-        gamma = float(store(gamma - pr.eta_alpha * grad_gamma))
-        beta = float(store(beta - pr.eta_beta * (beta - f.y_mean)))
+        gamma = np.float64(store(gamma - pr.eta_alpha * grad_gamma))
+        beta = np.float64(store(beta - pr.eta_beta * (beta - f.y_mean)))
     out["loss/train"] = out["loss/excess"] + f.r_star
     return out
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def whitened_recursion(alpha0: float, cos0: float, norm0: float, b_norm: float, eta: float,
                        eta_alpha: float, steps: int, floor: float = 0.0) -> dict[str, np.ndarray]:
     """The 3-number system of mechanism.md section 3 (Sigma = I, eps -> 0, beta frozen):
@@ -161,7 +164,8 @@ def whitened_recursion(alpha0: float, cos0: float, norm0: float, b_norm: float, 
     Returns per-step alpha, tan, norm, kappa and the excess loss (scale + direction terms).
     """
     sign = 1.0 if cos0 >= 0 else -1.0  # the side of b the iterate is on: rho = sign ||b|| / sqrt(1 + tan^2)
-    alpha, tan, norm2 = alpha0, math.sqrt(max(1.0 - cos0 ** 2, 0.0)) / abs(cos0), norm0 ** 2
+    alpha = np.float64(alpha0)  # not float: a diverging system overflows to inf instead of raising
+    tan, norm2 = math.sqrt(max(1.0 - cos0 ** 2, 0.0)) / abs(cos0), norm0 ** 2
     out = {k: np.empty(steps) for k in ("alpha", "tan", "norm", "kappa", "loss/excess")}
     for t in range(steps):
         rho = sign * b_norm / math.sqrt(1.0 + tan ** 2)

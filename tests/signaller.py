@@ -1,0 +1,20 @@
+"""A user-style probe that sends a real signal to its own process at one step, so tests can
+interrupt (SIGTERM, SIGINT) or kill (SIGKILL) a run at an exact, chosen step.
+Configured by the environment: BNSPIKE_TEST_SIGNAL="STEP:SIGNAME[:TIMES]", e.g. "137:SIGTERM";
+unset, it never signals (a resumed run keeps the probe its config names)."""
+import os
+import signal
+
+from bnspike.probes import Probe
+
+
+class Signaller(Probe):
+    def setup(self, run):
+        step, name, *times = os.environ.get("BNSPIKE_TEST_SIGNAL", "-1:SIGTERM").split(":")
+        self.step, self.signal, self.times = int(step), signal.Signals[name], int(times[0]) if times else 1
+
+    def __call__(self, state):
+        if state.step == self.step:
+            for _ in range(self.times):
+                os.kill(os.getpid(), self.signal)
+        return {}
