@@ -85,6 +85,23 @@ def test_signal_at_random_step_checkpoints_then_resume_is_bit_identical(referenc
     assert_identical_to_reference(run_dir, reference)
 
 
+def test_resume_keeps_minibatch_order_momentum_and_schedule(tmp_path, monkeypatch):
+    """Mini-batches (the epoch's remaining batches and the shuffle generator), heavy-ball
+    momentum and a cosine schedule all carry state across the checkpoint."""
+    sgd = ["optim.steps=150", "optim.batch_size=48", "optim.momentum=0.9", "optim.schedule=cosine",
+           "probes.sharpness_every=0", "log.progress=none", "checkpoint.every=0"]
+    (tmp_path / "ref").mkdir()
+    train(config.load(SPIKE, sgd), tmp_path / "ref")
+    monkeypatch.setenv("BNSPIKE_TEST_SIGNAL", f"{STEP}:SIGTERM")
+    (tmp_path / "run").mkdir()
+    cfg = config.load(SPIKE, sgd + ["probes.extra=['tests.signaller:Signaller']"])
+    assert train(cfg, tmp_path / "run")["stopped"] == {"step": STEP + 1, "signal": "SIGTERM"}
+    monkeypatch.delenv("BNSPIKE_TEST_SIGNAL")
+    assert train(cfg, tmp_path / "run", resume=True)["status"] == "finished"
+    ref, run = (tmp_path / "ref" / "metrics.csv").read_bytes(), (tmp_path / "run" / "metrics.csv").read_bytes()
+    assert b"loss/batch" in ref and run == ref, f"step {STEP}"
+
+
 def test_second_ctrl_c_aborts_at_once(tmp_path, monkeypatch, capsys):
     """Ctrl-C twice: no waiting for the step, exit 130, the last checkpoint left for resume."""
     monkeypatch.setenv("BNSPIKE_TEST_SIGNAL", f"{STEP}:SIGINT:2")
