@@ -94,8 +94,9 @@ def figure(run_dir: pathlib.Path):
 
 def write(run_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
     """Draw the report of a finished run into RUN_DIR/report.png; returns (path, markers)."""
-    fig, markers = figure(run_dir)
     path = pathlib.Path(run_dir) / FILE
-    fig.savefig(path, dpi=110)
+    with np.errstate(over="ignore"):  # a diverged run's log axis reaches 1e308: limits overflow harmlessly
+        fig, markers = figure(run_dir)
+        fig.savefig(path, dpi=110)
     plt.close(fig)
     return path, markers
