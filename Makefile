@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 space := $(subst ,, )
 INSTALLED := $(subst $(space),\$(space),$(BIN))/.installed
 
-.PHONY: train test tensorboard report clean-venv
+.PHONY: train test bench tensorboard report clean-venv
 
 $(INSTALLED): pyproject.toml
 	"$(PYTHON)" -m venv "$(VENV)"
@@ -28,6 +28,12 @@ train: $(INSTALLED)
 
 test: $(INSTALLED)
 	"$(BIN)/python" -m pytest -q
+
+# Instrumentation cost against a bare PyTorch loop (minutes; not part of `make test`):
+# writes bench/results.md and bench/results.json. BENCH_ARGS=--help lists the knobs.
+BENCH_ARGS ?=
+bench: $(BIN)/.installed
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$(BIN)/python" bench/bench.py $(BENCH_ARGS)
 
 # Every point of every series (the default serves 1,000 samples and hides a short spike;
 # scalars=0 serves none with TensorBoard 2.21), loopback only, reload every second.

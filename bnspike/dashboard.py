@@ -14,6 +14,7 @@ import re
 import matplotlib.image
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import custom_scalars
 
 from . import analysis, report
 
@@ -68,12 +69,12 @@ def start(sink, reference: dict[str, np.ndarray], logged_steps: list[int]) -> No
 
     `sink` is the run's TensorBoardSink: one event per step, one writer per run directory.
     """
-    sink.writer.add_custom_scalars(layout())
+    sink.add_summary(custom_scalars(layout()))
     for step in logged_steps:
         row = {THEORY + tag: float(values[step]) for tag, values in reference.items() if tag != "step"}
         row[THEORY + "stability/limit"] = analysis.LIMIT
         sink.write(step, row)
-    sink.writer.flush()
+    sink.flush()
 
 
 def finish(run_dir: pathlib.Path, summary: dict) -> None:

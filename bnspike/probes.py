@@ -66,7 +66,7 @@ class Probe:
 
 
 class Mechanism(Probe):
-    """Every mechanism.md quantity in one fused computation (a dozen small tensor ops).
+    """Every mechanism.md quantity in one fused computation, in float64 on the host.
 
     kappa = eta alpha rho / ||w||_Sigma^2. The loss is split exactly (any Sigma, any eps) as
         R = 1/2 (alpha_eff - rho)^2 + 1/2 rho_max^2 sin^2 + 1/2 (beta - ybar)^2 + R*
@@ -77,66 +77,88 @@ class Mechanism(Probe):
     and kappa need the square loss and BatchNorm; `loss/excess` and the alignment with the
     least-squares direction need the square loss; without BatchNorm the step is not
     scale-invariant, so `lr/effective` is eta itself.
+
+    Why numpy: these are a few d-vectors, where each torch op costs microseconds of dispatch
+    and numpy's a fraction of that. One matrix M = [A; A P; b^T] (A^T A = Sigma, P the
+    Sigma-orthogonal projector off v_ls, so A P w = ||w||_Sigma A (v - cos v_ls)) gives
+    ||w||_Sigma, the misalignment and rho in a single product.
     """
 
     def setup(self, run: RunContext) -> None:
         f = run.data.facts
-        as_t = lambda a: torch.as_tensor(a, dtype=run.dtype, device=run.device)  # noqa: E731
-        self.sigma, self.b = as_t(f.sigma), as_t(f.b)
-        w_ls = as_t(f.w_ls)
-        self.v_ls = w_ls / (w_ls @ self.sigma @ w_ls).sqrt()
+        evals, evecs = np.linalg.eigh(f.sigma)
+        A = np.sqrt(np.clip(evals, 0.0, None))[:, None] * evecs.T  # A^T A = Sigma
+        with np.errstate(divide="ignore", invalid="ignore"):  # w_ls = 0 (no signal): nan, as torch gives
+            v_ls = f.w_ls / np.sqrt(f.w_ls @ f.sigma @ f.w_ls)
+        self.M = np.vstack([A, A - np.outer(A @ v_ls, f.sigma @ v_ls), f.b[None, :]])
+        self.d = f.d
         self.rho_max, self.r_star, self.y_mean = f.rho_max, f.r_star, f.y_mean
         self.bn = run.model.alpha is not None
         self.eps = run.model.bn.eps if self.bn else 0.0
         self.square = run.cfg["optim"]["loss"] == "square"
 
-    def __call__(self, s: StepState) -> dict[str, torch.Tensor]:
-        w_sigma2 = s.w @ (self.sigma @ s.w)
-        w_sigma = w_sigma2.sqrt()
-        v = s.w / w_sigma
-        rho = self.b @ v
-        cos = rho / self.rho_max
-        perp = v - cos * self.v_ls
-        sin2 = perp @ (self.sigma @ perp)
-        norm_w = s.w.norm()
-        u, u_next = s.w / norm_w, s.w_next / s.w_next.norm()
-        out = {"loss/train": s.loss}
-        if self.square:
-            out["loss/excess"] = s.loss - self.r_star
-        if self.square and self.bn:
-            alpha_eff = s.alpha * w_sigma / (w_sigma2 + self.eps).sqrt()
+    def __call__(self, s: StepState) -> dict[str, float]:
+        d = self.d
+        w, w_next, g = (_host(t) for t in (s.w, s.w_next, s.grad_w))
+        loss = float(s.loss)
+        with np.errstate(all="ignore"):  # 0/0 -> nan, overflow -> inf, silently, as torch gives
+            y = self.M @ w
+            p, q = y[:d], y[d:2 * d]
+            w_sigma2 = p @ p
+            w_sigma = np.sqrt(w_sigma2)
+            rho = y[2 * d] / w_sigma
+            cos = rho / self.rho_max
+            sin2 = (q @ q) / w_sigma2
+            norm_w, norm_g = np.sqrt(w @ w), np.sqrt(g @ g)
+            u, u_next = w / norm_w, w_next / np.sqrt(w_next @ w_next)
+            du, su = u - u_next, u + u_next
+            out = {"loss/train": loss}
+            if self.square:
+                out["loss/excess"] = loss - self.r_star
+            if self.square and self.bn:
+                alpha, beta = float(s.alpha), float(s.beta)
+                alpha_eff = alpha * w_sigma / np.sqrt(w_sigma2 + self.eps)
+                out.update({
+                    "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
+                    "loss/direction_term": 0.5 * self.rho_max ** 2 * sin2,
+                    "loss/bias_term": 0.5 * (beta - self.y_mean) ** 2,
+                })
+            out.update({"norm/w": norm_w, "norm/w_sigma": w_sigma})
+            if self.bn:
+                out.update({"param/alpha": float(s.alpha), "param/beta": float(s.beta),
+                            "lr/effective": s.lr_w / norm_w ** 2})
+            else:  # no scale invariance: the effective step is eta itself
+                if s.beta is not None:
+                    out["param/beta"] = float(s.beta)
+                out["lr/effective"] = s.lr_w
+            if self.square and self.bn:
+                out["stability/kappa"] = s.lr_w * float(s.alpha) * rho / w_sigma2
+            if self.square:
+                out.update({"align/cos": cos, "align/sin2": sin2})
             out.update({
-                "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
-                "loss/direction_term": 0.5 * self.rho_max ** 2 * sin2,
-                "loss/bias_term": 0.5 * (s.beta - self.y_mean) ** 2,
+                "grad/norm_w": norm_g,
+                # ~0 for a scale-invariant weight (exactly 0 as eps -> 0): <w, grad> = 0
+                "grad/cos_w": (w @ g) / (norm_w * norm_g),
+                # angle between unit vectors without arccos's loss of precision near 0
+                "update/angle": 2 * np.arctan2(np.sqrt(du @ du), np.sqrt(su @ su)),
             })
-        out.update({"norm/w": norm_w, "norm/w_sigma": w_sigma})
-        if self.bn:
-            out.update({"param/alpha": s.alpha, "param/beta": s.beta, "lr/effective": s.lr_w / norm_w ** 2})
-        else:  # no scale invariance: the effective step is eta itself
-            if s.beta is not None:
-                out["param/beta"] = s.beta
-            out["lr/effective"] = s.lr_w
-        if self.square and self.bn:
-            out["stability/kappa"] = s.lr_w * s.alpha * rho / w_sigma2
-        if self.square:
-            out.update({"align/cos": cos, "align/sin2": sin2})
-        out.update({
-            "grad/norm_w": s.grad_w.norm(),
-            # ~0 for a scale-invariant weight (exactly 0 as eps -> 0): <w, grad> = 0
-            "grad/cos_w": (s.w @ s.grad_w) / (norm_w * s.grad_w.norm()),
-            # angle between unit vectors without arccos's loss of precision near 0
-            "update/angle": 2 * torch.atan2((u - u_next).norm(), (u + u_next).norm()),
-        })
         return out
 
 
-class Sharpness(Probe):
-    """Largest algebraic eigenvalue of the Hessian of the train-mode loss in w (autograd).
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A float64 numpy view (a copy only off the CPU or from another dtype)."""
+    return t.detach().to("cpu", torch.float64).numpy()
 
-    Exact dense eigh for d <= dense_max; otherwise warm-started Lanczos with a residual test
-    and the dense fallback. The products run on copies of BN's buffers: the running
-    statistics are left exactly as training leaves them.
+
+class Sharpness(Probe):
+    """Largest algebraic eigenvalue of the Hessian of the train-mode loss in w.
+
+    probes.sharpness_method: "closed_form" (what "auto" picks for the BN-linear model with the
+    square loss) is exact, from the Hessian's closed form (hessian.BNLinearSquare): no
+    autograd, a fraction of a training step. "autograd" works for any model and loss: exact
+    dense eigh for d <= dense_max, otherwise warm-started Lanczos with a residual test and the
+    dense fallback. Its products run on copies of BN's buffers: the running statistics are left
+    exactly as training leaves them. Both are checked against a dense autograd Hessian.
     """
 
     def setup(self, run: RunContext) -> None:
@@ -145,10 +167,22 @@ class Sharpness(Probe):
         self.dense_max = pc["sharpness_dense_max"]
         self.vector: torch.Tensor | None = None
         self.generator = torch.Generator(device=run.device).manual_seed(run.cfg["seed"])
+        closed = run.cfg["model"]["kind"] == "bn_linear" and run.cfg["optim"]["loss"] == "square"
+        if pc["sharpness_method"] == "closed_form" and not closed:
+            raise ValueError("probes.sharpness_method: closed_form exists only for model.kind=bn_linear "
+                             "with optim.loss=square; use auto or autograd")
+        self.closed_form = None
+        if pc["sharpness_method"] == "closed_form" or (pc["sharpness_method"] == "auto" and closed):
+            f = run.data.facts
+            self.closed_form = hessian.BNLinearSquare(f.sigma, f.b, run.model.bn.eps, self.dense_max)
 
-    def __call__(self, s: StepState) -> dict[str, torch.Tensor]:
+    def __call__(self, s: StepState) -> dict[str, torch.Tensor | float]:
         if self.every == 0 or s.step % self.every:
             return {}
+        if self.closed_form is not None:
+            value = self.closed_form.top(_host(s.w), float(s.alpha))
+            return {"stability/sharpness": value, "stability/eta_sharpness": s.lr_w * value,
+                    "stability/sharpness_products": 0.0}
         hvp, hvp_batched = s.hvp()
         d = s.w.numel()
         top = None
@@ -161,7 +195,9 @@ class Sharpness(Probe):
         if top is None:
             top = hessian.dense_top(hvp_batched, d, s.w)
         self.vector = top.vector
-        return {"stability/sharpness": top.value, "stability/eta_sharpness": s.lr_w * top.value}
+        # what the estimate cost: d for the dense path (d products in one batch)
+        return {"stability/sharpness": top.value, "stability/eta_sharpness": s.lr_w * top.value,
+                "stability/sharpness_products": float(top.products)}
 
     def state_dict(self) -> dict:
         return {"vector": self.vector, "generator": self.generator.get_state()}

@@ -111,13 +111,14 @@ def _state_at(w, alpha, beta, cfg, d):
     return state, RunContext(cfg, data, model, torch.float64, torch.device("cpu")), data
 
 
-@pytest.mark.parametrize("dense_max", [64, 0])  # exact dense path, and Lanczos
-def test_sharpness_is_largest_algebraic_not_largest_magnitude(dense_max):
+@pytest.mark.parametrize("method", ["autograd", "closed_form"])
+@pytest.mark.parametrize("dense_max", [64, 0])  # exact dense path, and Lanczos / bisection
+def test_sharpness_is_largest_algebraic_not_largest_magnitude(dense_max, method):
     """Near anti-alignment the Hessian's most negative eigenvalue dominates in magnitude."""
     d = 40
     cfg = config.load(CONFIGS / "whitened_spike.yaml",
                       ["data.d=40", "data.spectrum=linear", "data.whiten=none", "data.noise=0.3",
-                       f"probes.sharpness_dense_max={dense_max}"])
+                       f"probes.sharpness_dense_max={dense_max}", f"probes.sharpness_method={method}"])
     data = load_data(cfg)
     w = -data.facts.w_ls + 0.05 * np.random.default_rng(3).standard_normal(d)
     state, run, data = _state_at(w, 3.0, 0.1, cfg, d)
@@ -165,3 +166,83 @@ def test_gradient_is_orthogonal_to_w(spike_run):
         if np.linalg.norm(g_next) > 1e-8:
             cos = -(w @ g_next) / np.linalg.norm(w) / np.linalg.norm(g_next)
             assert m["grad/cos_w"][step] == pytest.approx(cos, abs=1e-10)
+
+
+def test_mechanism_on_non_whitened_data_matches_direct_formulas():
+    """Sigma spectrum 1..10, noisy target, eps not negligible: every output against the textbook
+    formula, and the four loss terms against an independent loss."""
+    from bnspike.probes import Mechanism
+
+    cfg = config.load(CONFIGS / "whitened_spike.yaml",
+                      ["data.d=12", "data.whiten=none", "data.spectrum=linear", "data.noise=0.3",
+                       "model.eps=1e-3", "data.center_target=false"])
+    data = load_data(cfg)
+    f, eps = data.facts, 1e-3
+    rng = np.random.default_rng(5)
+    w, w_next, g = rng.standard_normal(12), rng.standard_normal(12), rng.standard_normal(12)
+    alpha, beta, lr = 0.7, 0.2, 0.3
+    loss = independent_loss(w, alpha, beta, data.X, data.y, eps)
+    def t(x):
+        return torch.as_tensor(x, dtype=torch.float64)
+
+    state = StepState(step=0, loss=t(loss), w=t(w), w_next=t(w_next), grad_w=t(g), alpha=t(alpha),
+                      beta=t(beta), lr_w=lr, hvp=None)
+    probe = Mechanism()
+    probe.setup(RunContext(cfg, data, build_model(cfg, 12), torch.float64, torch.device("cpu")))
+    got = probe(state)
+
+    S = f.sigma
+    ws = np.sqrt(w @ S @ w)
+    v_ls = f.w_ls / np.sqrt(f.w_ls @ S @ f.w_ls)
+    rho = f.b @ w / ws
+    cos = rho / f.rho_max
+    perp = w / ws - cos * v_ls
+    alpha_eff = alpha * ws / np.sqrt(ws ** 2 + eps)
+    u, u_next = w / np.linalg.norm(w), w_next / np.linalg.norm(w_next)
+    want = {
+        "loss/train": loss, "loss/excess": loss - f.r_star,
+        "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
+        "loss/direction_term": 0.5 * f.rho_max ** 2 * (perp @ S @ perp),
+        "loss/bias_term": 0.5 * (beta - f.y_mean) ** 2,
+        "norm/w": np.linalg.norm(w), "norm/w_sigma": ws, "param/alpha": alpha, "param/beta": beta,
+        "lr/effective": lr / (w @ w), "stability/kappa": lr * alpha * rho / ws ** 2,
+        "align/cos": cos, "align/sin2": perp @ S @ perp, "grad/norm_w": np.linalg.norm(g),
+        "grad/cos_w": w @ g / np.linalg.norm(w) / np.linalg.norm(g),
+        "update/angle": np.arccos(u @ u_next),
+    }
+    assert list(got) == list(want)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-10), name
+    terms = got["loss/scale_term"] + got["loss/direction_term"] + got["loss/bias_term"] + f.r_star
+    assert terms == pytest.approx(loss, rel=1e-10)
+
+
+def test_closed_form_and_autograd_sharpness_agree_along_the_spike_run(spike_run, data):
+    """The two methods at real states of the run, the spike included."""
+    cfg = spike_run.cfg
+    model = build_model(cfg, 16)
+    X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
+    closed = hessian.BNLinearSquare(data.facts.sigma, data.facts.b, cfg["model"]["eps"], dense_max=0)
+    for step, w, alpha, beta, lr in spike_run.states[::37] + spike_run.states[180:186]:
+        a, b = torch.tensor([alpha], dtype=torch.float64), torch.tensor([beta], dtype=torch.float64)
+        _, batched = hvp_at(model, X, y, square_loss, torch.as_tensor(w), a, b)
+        exact = float(hessian.dense_top(batched, 16, torch.as_tensor(w)).value)
+        assert closed.top(w, alpha) == pytest.approx(exact, rel=1e-9)
+        assert spike_run.metrics["stability/sharpness"][step] == pytest.approx(exact, rel=1e-9)
+
+
+def test_bisection_equals_eigvalsh_of_the_closed_form_hessian():
+    """Any Sigma (whitened, i.e. a degenerate top, included), sign of alpha, eps, alignment."""
+    rng = np.random.default_rng(1)
+    for trial in range(60):
+        d = int(rng.choice([2, 9, 70]))
+        A = rng.standard_normal((d, d))
+        sigma = np.eye(d) if trial % 4 == 0 else A @ A.T / d + 0.1 * np.eye(d)
+        b, w = rng.standard_normal(d), rng.standard_normal(d) * 10 ** rng.uniform(-2, 2)
+        if trial % 3 == 0:  # near (anti-)alignment with the least-squares direction
+            w = (-1) ** trial * np.linalg.solve(sigma, b) + 1e-3 * rng.standard_normal(d)
+        alpha, eps = rng.uniform(-3, 3), [1e-10, 1e-3, 1.0][trial % 3]
+        dense = hessian.BNLinearSquare(sigma, b, eps, dense_max=d)
+        H_scale = np.abs(np.linalg.eigvalsh(sigma)).max() * (abs(alpha) + alpha ** 2) * (1 + 1 / (w @ sigma @ w))
+        bisect = hessian.BNLinearSquare(sigma, b, eps, dense_max=0).top(w, alpha)
+        assert abs(bisect - dense.top(w, alpha)) <= 1e-12 * H_scale, trial
