@@ -189,7 +189,9 @@ def part_costs(n: int, d: int, repeats: int) -> dict[str, float]:
     import torch
     torch.set_num_threads(1)
     from bnspike.data import load_data
-    from bnspike.loop import _gather, build_optimizer, hvp_at, square_loss
+    from bnspike.loop import _gather, hvp_at
+    from bnspike.losses import square_loss
+    from bnspike.optim import build_optimizer
     from bnspike.model import build_model
     from bnspike.probes import Mechanism, RunContext, Sharpness, StepState
     from bnspike.sinks import CSVSink, TensorBoardSink
@@ -198,7 +200,7 @@ def part_costs(n: int, d: int, repeats: int) -> dict[str, float]:
     data = load_data(cfg)
     model = build_model(cfg, d)
     X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
-    opt = build_optimizer(cfg, model)
+    opt, _ = build_optimizer(cfg, model)
     run = RunContext(cfg, data, model, torch.float64, torch.device("cpu"))
     for _ in range(21):
         opt.zero_grad(set_to_none=True)
