@@ -86,6 +86,18 @@ def test_nonfinite_names_loss_then_gradient_then_parameter():
     assert _nonfinite(torch.tensor(1.0), params) == "non-finite parameter weight after the update (-inf)"
 
 
+def test_nonfinite_is_not_fooled_by_a_sum_that_overflows():
+    """The fast path tests the sum of all values; finite values whose sum is inf are still finite."""
+    model = torch.nn.Linear(3, 1).double()
+    with torch.no_grad():
+        model.weight.fill_(1e308)
+    model.weight.grad, model.bias.grad = torch.full((1, 3), 1e308, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    params = list(model.named_parameters())
+    assert _nonfinite(torch.tensor(1e308, dtype=torch.float64), params) is None
+    model.bias.grad[0] = -float("inf")
+    assert _nonfinite(torch.tensor(1e308, dtype=torch.float64), params) == "non-finite gradient of bias (-inf)"
+
+
 def rounded_to_float32(as_dtype: str):
     """A callable data source: the reference data rounded to float32, as torch tensors of `as_dtype`."""
     d = data.load_data(config.load(SPIKE))
