@@ -70,8 +70,10 @@ def start(sink, reference: dict[str, np.ndarray], logged_steps: list[int]) -> No
     `sink` is the run's TensorBoardSink: one event per step, one writer per run directory.
     """
     sink.add_summary(custom_scalars(layout()))
+    # Python floats once per tag: indexing numpy arrays element by element costs ~10x more.
+    columns = {THEORY + tag: values.tolist() for tag, values in reference.items() if tag != "step"}
     for step in logged_steps:
-        row = {THEORY + tag: float(values[step]) for tag, values in reference.items() if tag != "step"}
+        row = {tag: values[step] for tag, values in columns.items()}
         row[THEORY + "stability/limit"] = analysis.LIMIT
         sink.write(step, row)
     sink.flush()
