@@ -83,7 +83,7 @@ def finish(run_dir: pathlib.Path, summary: dict) -> None:
     """The verdict into TensorBoard: analysis table as text, marker points, report figure."""
     measured, _, _ = analysis.load_run(run_dir)
     index = {int(s): i for i, s in enumerate(measured["step"])}
-    path, _ = report.write(run_dir)
+    path, _ = report.write(run_dir, summary)  # reuses the analysis: no second summarize
     writer = SummaryWriter(log_dir=str(run_dir))  # the training writer is closed: one at a time
     try:
         writer.add_text("analysis", analysis.table(summary))

@@ -33,10 +33,13 @@ def _plot(ax, measured, reference, tag, label, log=False):
         ax.set_yscale("log")
 
 
-def figure(run_dir: pathlib.Path):
-    """(figure, markers): markers maps each analysed event to the (step, value) drawn for it."""
+def figure(run_dir: pathlib.Path, summary: dict | None = None):
+    """(figure, markers): markers maps each analysed event to the (step, value) drawn for it.
+
+    `summary`: the run's analysis when the caller already has it (the end of training does).
+    """
     measured, reference, prediction = analysis.load_run(run_dir)
-    summary = analysis.summarize(run_dir)
+    summary = summary or analysis.summarize(run_dir)
     story = summary["measured"]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.91, wspace=0.15, hspace=0.18)
@@ -92,11 +95,11 @@ def figure(run_dir: pathlib.Path):
     return fig, markers
 
 
-def write(run_dir: pathlib.Path) -> tuple[pathlib.Path, dict]:
+def write(run_dir: pathlib.Path, summary: dict | None = None) -> tuple[pathlib.Path, dict]:
     """Draw the report of a finished run into RUN_DIR/report.png; returns (path, markers)."""
     path = pathlib.Path(run_dir) / FILE
     with np.errstate(over="ignore"):  # a diverged run's log axis reaches 1e308: limits overflow harmlessly
-        fig, markers = figure(run_dir)
+        fig, markers = figure(run_dir, summary)
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return path, markers
