@@ -200,10 +200,10 @@ def part_costs(n: int, d: int, repeats: int) -> dict[str, float]:
     data = load_data(cfg)
     model = build_model(cfg, d)
     X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
-    opt, _ = build_optimizer(cfg, model)
+    opt = build_optimizer(cfg, model)
     run = RunContext(cfg, data, model, torch.float64, torch.device("cpu"))
     for _ in range(21):
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss = square_loss(model(X), y)
         loss.backward()
         w, g = model.w.detach().flatten().clone(), model.w.grad.flatten().clone()

@@ -19,7 +19,7 @@ import pathlib
 
 NAME = "checkpoint.pt"
 SUMMARY = "summary.json"
-FORMAT = 1
+FORMAT = 2  # 2: bnspike's own SGD (its state holds the schedule's step count)
 
 
 class CheckpointError(ValueError):

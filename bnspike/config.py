@@ -126,7 +126,7 @@ SCHEMA: dict[str, Any] = {
         "extra": Field(L, [], item=S, help="user probes as 'package.module:Name'"),
     },
     "checkpoint": {
-        "every": Field(I, 100, min=0, help="write checkpoint.pt every k steps (0: only when interrupted)"),
+        "every": Field(I, 1000, min=0, help="write checkpoint.pt every k steps (0: only when interrupted)"),
     },
     "log": {
         "flush_secs": Field(F, 2.0, positive=True),

@@ -3,7 +3,7 @@
 Read top to bottom: build data, model, optimizer and probes (or restore them from a
 checkpoint); then per step
     [checkpoint when due or signalled] -> forward (train-mode BN, full batch or the step's
-    mini-batch) -> backward -> snapshot w_t -> optimizer and schedule step
+    mini-batch) -> backward -> snapshot w_t -> scheduled optimizer step
     -> stop if the loss, a gradient or a parameter is NaN/inf
     -> probes read the state -> one host sync -> sinks.
 In mini-batch runs the probes still see the paper's objective: `loss/train` is the full-batch
@@ -50,21 +50,27 @@ def hvp_at(model, X, y, loss_fn, w, alpha, beta):
     return hvp, hvp_batched
 
 
-def _nonfinite(loss: torch.Tensor, params: list[tuple[str, torch.Tensor]]) -> str | None:
-    """What went NaN/inf in this step (the loss, a gradient, an updated parameter), or None.
+class _Divergence:
+    """What went NaN/inf in a step (the loss, a gradient, an updated parameter), or None.
 
-    One sum and one host sync per step: NaN and inf propagate through a sum, so a finite sum
-    means every value is finite (isfinite + all cost three times as many kernels). A sum that
-    overflows from finite values is caught by the exact test, the rare slow path that also
-    names the culprit. `params` is model.named_parameters() listed once: walking the modules
-    every step costs more.
+    One sum and one host sync per step, over the loss and the updated parameters: NaN and inf
+    propagate through a sum, and through the update into the parameter (p - lr g is NaN or inf
+    when g is, even at lr = 0: 0 * inf is NaN), so a finite sum means every value is finite.
+    The parameters are read through flat views made once (the optimizer updates in place).
+    A sum that overflows from finite values, and naming the culprit, take the exact slow path.
     """
-    named = [("loss", loss)] + [(f"gradient of {n}", p.grad) for n, p in params if p.grad is not None]
-    named += [(f"parameter {n} after the update", p) for n, p in params]
-    with torch.no_grad():
-        if math.isfinite(torch.cat([t.reshape(-1) for _, t in named]).sum().item()):
-            return None
-        bad = next(((name, t.reshape(-1)) for name, t in named if not torch.isfinite(t).all()), None)
+
+    def __init__(self, model: torch.nn.Module):
+        self.params = list(model.named_parameters())
+        self.views = [p.detach().view(-1) for _, p in self.params]
+
+    def __call__(self, loss: torch.Tensor) -> str | None:
+        with torch.no_grad():
+            if math.isfinite(torch.cat([loss.detach().view(1), *self.views]).sum().item()):
+                return None
+        named = [("loss", loss)] + [(f"gradient of {n}", p.grad) for n, p in self.params if p.grad is not None]
+        named += [(f"parameter {n} after the update", p) for n, p in self.params]
+        bad = next(((name, t.detach().reshape(-1)) for name, t in named if not torch.isfinite(t).all()), None)
         if bad is None:  # finite values whose sum overflowed
             return None
         name, t = bad
@@ -107,7 +113,7 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     dtype, device = model.w.dtype, model.w.device
     X = torch.as_tensor(data.X, dtype=dtype, device=device)
     y = torch.as_tensor(data.y, dtype=dtype, device=device)
-    optimizer, schedule = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model)
     batches = Batches(cfg, data.facts.n, model.alpha is not None, device)
     probes = build_probes(RunContext(cfg, data, model, dtype, device))
     steps, every = cfg["optim"]["steps"], cfg["probes"]["every"]
@@ -116,8 +122,10 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     unmodelled = theory.outside(cfg, data.facts)
     problem = None if unmodelled else theory.problem(cfg, data.facts)
     reference = theory.reference(problem) if problem else {}
-    parts = checkpoint.stateful(probes, model=model, optimizer=optimizer, schedule=schedule, batches=batches)
-    params = list(model.named_parameters())  # for the divergence test
+    parts = checkpoint.stateful(probes, model=model, optimizer=optimizer, batches=batches)
+    diverged = _Divergence(model)
+    # looked up once: each nn.Module attribute lookup costs about a microsecond
+    w_param, alpha_param, beta_param = model.w, model.alpha, model.beta
     start = checkpoint.restore(run_dir, parts) if resume else 0
 
     if not resume:
@@ -139,25 +147,25 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
                     outcome = {"status": "interrupted", "stopped": {"step": step, "signal": stop.signal}}
                     break
             rows = batches.next()  # None: the full batch
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss = loss_fn(model(X), y) if rows is None else loss_fn(model(X[rows]), y[rows])
             loss.backward()
             logged = step % every == 0 or step == steps - 1
             if logged:  # snapshot w_t and the step size in force before the in-place update
-                w, grad_w = model.w.detach().flatten().clone(), model.w.grad.flatten().clone()
-                alpha, beta = _snapshot(model.alpha), _snapshot(model.beta)
-                lr_w = optimizer.param_groups[0]["lr"]
+                # (the gradient needs no copy: the update never writes it, zero_grad drops it)
+                w, grad_w = w_param.detach().clone().view(-1), w_param.grad.view(-1)
+                alpha, beta = _snapshot(alpha_param), _snapshot(beta_param)
+                lr_w = optimizer.lr(0)
                 full_loss = loss.detach() if rows is None else _full_batch_loss(model, X, y, loss_fn, w, alpha, beta)
             optimizer.step()
-            schedule.step()
-            cause = _nonfinite(loss, params)
+            cause = diverged(loss)
             if cause:  # the probes only ever see finite iterates
                 outcome = {"status": "diverged", "stopped": {"step": step, "cause": cause}}
                 break
             if not logged:
                 continue
             state = StepState(
-                step=step, loss=full_loss, w=w, w_next=model.w.detach().flatten(), grad_w=grad_w,
+                step=step, loss=full_loss, w=w, w_next=w_param.detach().view(-1), grad_w=grad_w,
                 alpha=alpha, beta=beta, lr_w=lr_w,
                 hvp=functools.cache(lambda: hvp_at(model, X, y, loss_fn, w, alpha, beta)),
                 batch_loss=None if rows is None else loss.detach())
@@ -188,7 +196,7 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
 
 def _snapshot(param: torch.Tensor | None) -> torch.Tensor | None:
     """A one-element parameter (alpha, beta) at step t as a 0-dim copy; None if the model has none."""
-    return None if param is None else param.detach()[0].clone()
+    return None if param is None else param.detach().clone().squeeze()
 
 
 def _full_batch_loss(model, X, y, loss_fn, w, alpha, beta) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """How the parameters move: the optimizer, the learning-rate schedule and the mini-batch order.
 
-One torch.optim.SGD with a parameter group per step size (eta for w, eta_alpha for the BN
-weight, eta_beta for the bias). Weight decay acts on w only: it is what stops the norm of the
-scale-invariant weight from growing, so the effective step eta / ||w||^2 climbs back and the
-spike can repeat; on alpha it would only move the scale's equilibrium. Momentum is torch's
-heavy ball (v = mu v + g; w -= eta v) or its Nesterov variant.
+SGD with a parameter group per step size (eta for w, eta_alpha for the BN weight, eta_beta
+for the bias): torch.optim.SGD's update, bit for bit, at a fraction of its cost per call.
+Weight decay acts on w only: it is what stops the norm of the scale-invariant weight from
+growing, so the effective step eta / ||w||^2 climbs back and the spike can repeat; on alpha
+it would only move the scale's equilibrium. Momentum is torch's heavy ball (v = mu v + g;
+w -= eta v) or its Nesterov variant.
 
 The schedule multiplies every group's step size by a factor of the step index t:
 
@@ -52,17 +53,64 @@ def _check(oc: dict) -> None:
         raise ConfigError("optim.schedule=step needs optim.step_every > 0")
 
 
-def build_optimizer(cfg: dict, model) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LambdaLR]:
-    """SGD with one group per step size, and its schedule; group 0 is always w."""
+class SGD:
+    """Gradient descent with one step size per parameter group, momentum and weight decay.
+
+    The update is torch.optim.SGD's with a LambdaLR schedule, operation for operation (a test
+    checks the iterates are bit-identical over momentum, Nesterov, weight decay and every
+    schedule), without their per-call machinery (hooks, profiler ranges, group bookkeeping):
+    at n = 1000, d = 16 on the CPU that machinery alone costs about a quarter of a bare step.
+    Group 0 is always w; `lr(0)` is its step size in force at the current step.
+    """
+
+    def __init__(self, groups: list[tuple[torch.Tensor, float, float]], oc: dict):
+        self.groups = groups  # (parameter, base step size, weight decay)
+        self.oc, self.momentum, self.nesterov = oc, oc["momentum"], oc["nesterov"]
+        self.t = 0  # steps taken: the schedule's index
+        self.buffers: list[torch.Tensor | None] = [None] * len(groups)  # heavy-ball velocities
+
+    def lr(self, group: int) -> float:
+        return self.groups[group][1] * lr_factor(self.oc, self.t)
+
+    def zero_grad(self) -> None:
+        for p, _, _ in self.groups:
+            p.grad = None
+
+    def step(self) -> None:
+        factor = lr_factor(self.oc, self.t)
+        with torch.no_grad():  # (a with-block: the decorator form costs microseconds per call)
+            for i, (p, base_lr, weight_decay) in enumerate(self.groups):
+                g = p.grad
+                if weight_decay:
+                    g = g.add(p, alpha=weight_decay)
+                if self.momentum:
+                    buf = self.buffers[i]
+                    if buf is None:
+                        buf = self.buffers[i] = g.clone()
+                    else:
+                        buf.mul_(self.momentum).add_(g)
+                    g = g.add(buf, alpha=self.momentum) if self.nesterov else buf
+                p.add_(g, alpha=-(base_lr * factor))
+        self.t += 1
+
+    def state_dict(self) -> dict:  # for checkpoints
+        return {"t": self.t, "buffers": list(self.buffers)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = state["t"]
+        self.buffers = [None if b is None else b.to(p.device) for b, (p, _, _) in zip(state["buffers"], self.groups)]
+
+
+def build_optimizer(cfg: dict, model) -> SGD:
+    """SGD with one group per step size, scheduled; group 0 is always w."""
     oc = cfg["optim"]
     _check(oc)
-    groups = [{"params": [model.w], "lr": oc["lr_w"], "weight_decay": oc["weight_decay"]}]
+    groups = [(model.w, oc["lr_w"], oc["weight_decay"])]
     if model.alpha is not None:
-        groups.append({"params": [model.alpha], "lr": oc["lr_alpha"], "weight_decay": 0.0})
+        groups.append((model.alpha, oc["lr_alpha"], 0.0))
     if model.beta is not None and model.beta.requires_grad:
-        groups.append({"params": [model.beta], "lr": oc["lr_beta"], "weight_decay": 0.0})
-    optimizer = torch.optim.SGD(groups, lr=oc["lr_w"], momentum=oc["momentum"], nesterov=oc["nesterov"])
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: lr_factor(oc, t))
+        groups.append((model.beta, oc["lr_beta"], 0.0))
+    return SGD(groups, oc)
 
 
 class Batches:

@@ -99,12 +99,14 @@ class Mechanism(Probe):
 
     def __call__(self, s: StepState) -> dict[str, float]:
         d = self.d
-        w, w_next, g = (_host(t) for t in (s.w, s.w_next, s.grad_w))
+        w, w_next, g = _host(s.w), _host(s.w_next), _host(s.grad_w)
         loss = float(s.loss)
+        alpha = None if s.alpha is None else float(s.alpha)
+        beta = None if s.beta is None else float(s.beta)
         with np.errstate(all="ignore"):  # 0/0 -> nan, overflow -> inf, silently, as torch gives
             y = self.M @ w
             p, q = y[:d], y[d:2 * d]
-            w_sigma2 = p @ p
+            w_sigma2 = p @ p  # numpy scalars, not Python floats: x / 0 is inf or nan, not an error
             w_sigma = np.sqrt(w_sigma2)
             rho = y[2 * d] / w_sigma
             cos = rho / self.rho_max
@@ -116,7 +118,6 @@ class Mechanism(Probe):
             if self.square:
                 out["loss/excess"] = loss - self.r_star
             if self.square and self.bn:
-                alpha, beta = float(s.alpha), float(s.beta)
                 alpha_eff = alpha * w_sigma / np.sqrt(w_sigma2 + self.eps)
                 out.update({
                     "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
@@ -125,14 +126,13 @@ class Mechanism(Probe):
                 })
             out.update({"norm/w": norm_w, "norm/w_sigma": w_sigma})
             if self.bn:
-                out.update({"param/alpha": float(s.alpha), "param/beta": float(s.beta),
-                            "lr/effective": s.lr_w / norm_w ** 2})
+                out.update({"param/alpha": alpha, "param/beta": beta, "lr/effective": s.lr_w / norm_w ** 2})
             else:  # no scale invariance: the effective step is eta itself
-                if s.beta is not None:
-                    out["param/beta"] = float(s.beta)
+                if beta is not None:
+                    out["param/beta"] = beta
                 out["lr/effective"] = s.lr_w
             if self.square and self.bn:
-                out["stability/kappa"] = s.lr_w * float(s.alpha) * rho / w_sigma2
+                out["stability/kappa"] = s.lr_w * alpha * rho / w_sigma2
             if self.square:
                 out.update({"align/cos": cos, "align/sin2": sin2})
             out.update({
@@ -147,6 +147,8 @@ class Mechanism(Probe):
 
 def _host(t: torch.Tensor) -> np.ndarray:
     """A float64 numpy view (a copy only off the CPU or from another dtype)."""
+    if t.is_cpu and t.dtype is torch.float64:  # the common case, without .to()'s dispatch cost
+        return t.detach().numpy()
     return t.detach().to("cpu", torch.float64).numpy()
 
 

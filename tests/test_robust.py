@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from bnspike import cli, config, data
-from bnspike.loop import _gather, _nonfinite, train
+from bnspike.loop import _Divergence, _gather, train
+from bnspike.model import build_model
+from bnspike.optim import build_optimizer
 from bnspike.sinks import read_metrics
 from tests.conftest import CONFIGS, ROOT
 from tests.test_resume import scalars
@@ -75,15 +77,34 @@ def test_overflowing_update_names_the_parameter(tmp_path):
 def test_nonfinite_names_loss_then_gradient_then_parameter():
     model = torch.nn.Linear(3, 1)
     model.weight.grad, model.bias.grad = torch.zeros(1, 3), torch.zeros(1)
-    params = list(model.named_parameters())
-    assert _nonfinite(torch.tensor(1.0), params) is None
-    model.bias.grad[0] = float("inf")
-    assert _nonfinite(torch.tensor(1.0), params) == "non-finite gradient of bias (inf)"
-    assert _nonfinite(torch.tensor(float("nan")), params) == "non-finite loss (nan)"
-    model.bias.grad[0] = 0.0
+    diverged = _Divergence(model)
+    assert diverged(torch.tensor(1.0)) is None
+    assert diverged(torch.tensor(float("nan"))) == "non-finite loss (nan)"
+    with torch.no_grad():  # the update carries a non-finite gradient into its parameter
+        model.bias.grad[0], model.bias[0] = float("inf"), -float("inf")
+    assert diverged(torch.tensor(1.0)) == "non-finite gradient of bias (inf)"
+    assert diverged(torch.tensor(float("nan"))) == "non-finite loss (nan)"
     with torch.no_grad():
+        model.bias.grad[0], model.bias[0] = 0.0, 0.0
         model.weight[0, 2] = -float("inf")
-    assert _nonfinite(torch.tensor(1.0), params) == "non-finite parameter weight after the update (-inf)"
+    assert diverged(torch.tensor(1.0)) == "non-finite parameter weight after the update (-inf)"
+
+
+@pytest.mark.parametrize("overrides", [[], ["optim.lr_alpha=0"], ["optim.momentum=0.9"],
+                                       ["optim.momentum=0.9", "optim.nesterov=true"], ["optim.weight_decay=0.1"]])
+def test_a_nonfinite_gradient_always_reaches_its_parameter(overrides):
+    """Why the divergence test may read the updated parameters only: SGD's update makes a
+    parameter non-finite whenever its gradient is, even at step size 0 (0 * inf is NaN)."""
+    cfg = config.load(SPIKE, overrides)
+    model = build_model(cfg, 4)
+    optimizer = build_optimizer(cfg, model)
+    for bad in (float("inf"), float("nan")):
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+                p.grad.view(-1)[-1] = bad
+        optimizer.step()
+        assert all(not torch.isfinite(p).all() for p in model.parameters() if p.requires_grad), overrides
 
 
 def test_nonfinite_is_not_fooled_by_a_sum_that_overflows():
@@ -92,10 +113,11 @@ def test_nonfinite_is_not_fooled_by_a_sum_that_overflows():
     with torch.no_grad():
         model.weight.fill_(1e308)
     model.weight.grad, model.bias.grad = torch.full((1, 3), 1e308, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
-    params = list(model.named_parameters())
-    assert _nonfinite(torch.tensor(1e308, dtype=torch.float64), params) is None
-    model.bias.grad[0] = -float("inf")
-    assert _nonfinite(torch.tensor(1e308, dtype=torch.float64), params) == "non-finite gradient of bias (-inf)"
+    diverged = _Divergence(model)
+    assert diverged(torch.tensor(1e308, dtype=torch.float64)) is None
+    with torch.no_grad():
+        model.bias.grad[0], model.bias[0] = -float("inf"), -float("inf")
+    assert diverged(torch.tensor(1e308, dtype=torch.float64)) == "non-finite gradient of bias (-inf)"
 
 
 def rounded_to_float32(as_dtype: str):

@@ -26,7 +26,7 @@ def real_run(cfg) -> dict[str, np.ndarray]:
     """Train the real model until kappa >= 2 or the horizon; the logged-style kappa series."""
     data = load_data(cfg)
     model = build_model(cfg, data.facts.d)
-    optimizer, _ = build_optimizer(cfg, model)  # constant schedule
+    optimizer = build_optimizer(cfg, model)  # constant schedule
     X, y, b = (torch.as_tensor(a) for a in (data.X, data.y, data.facts.b))
     eta, kappas = cfg["optim"]["lr_w"], []
     for step in range(HORIZON):
@@ -34,7 +34,7 @@ def real_run(cfg) -> dict[str, np.ndarray]:
         kappas.append(float(eta * model.alpha.detach()[0] * (b @ w) / w.norm() ** 3))
         if kappas[-1] >= analysis.LIMIT:
             break
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         square_loss(model(X), y).backward()
         optimizer.step()
     return {"step": np.arange(len(kappas)), "stability/kappa": np.array(kappas)}
