@@ -65,9 +65,8 @@ class _Divergence:
         self.views = [p.detach().view(-1) for _, p in self.params]
 
     def __call__(self, loss: torch.Tensor) -> str | None:
-        with torch.no_grad():
-            if math.isfinite(torch.cat([loss.detach().view(1), *self.views]).sum().item()):
-                return None
+        if math.isfinite(torch.cat([loss.detach().view(1), *self.views]).sum().item()):
+            return None
         named = [("loss", loss)] + [(f"gradient of {n}", p.grad) for n, p in self.params if p.grad is not None]
         named += [(f"parameter {n} after the update", p) for n, p in self.params]
         bad = next(((name, t.detach().reshape(-1)) for name, t in named if not torch.isfinite(t).all()), None)
@@ -208,14 +207,15 @@ def _full_batch_loss(model, X, y, loss_fn, w, alpha, beta) -> torch.Tensor:
 def _gather(values: dict) -> dict[str, float]:
     """All probe outputs to Python floats with ONE device->host transfer."""
     tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    if not tensors:  # host-side probes only (the built-in ones on the CPU): nothing to transfer
+        return {k: float(v) for k, v in values.items()}
     out = {k: float(v) for k, v in values.items() if k not in tensors}
-    if tensors:
-        shaped = [f"{k!r} has shape {tuple(t.shape)}" for k, t in tensors.items() if t.numel() != 1]
-        if shaped:
-            raise ValueError(f"probe values must be 0-dim tensors or floats: {'; '.join(shaped)}")
-        device = next(iter(tensors.values())).device  # a probe may compute on another device or dtype
-        ready = lambda t: t.dim() == 0 and t.dtype == torch.float64 and t.device == device and not t.requires_grad  # noqa: E731
-        flat = torch.stack([t if ready(t) else t.detach().reshape(()).to(device, torch.float64)
-                            for t in tensors.values()]).tolist()  # no-op casts skipped: ~2 us each
-        out.update(zip(tensors, flat))
+    shaped = [f"{k!r} has shape {tuple(t.shape)}" for k, t in tensors.items() if t.numel() != 1]
+    if shaped:
+        raise ValueError(f"probe values must be 0-dim tensors or floats: {'; '.join(shaped)}")
+    device = next(iter(tensors.values())).device  # a probe may compute on another device or dtype
+    ready = lambda t: t.dim() == 0 and t.dtype == torch.float64 and t.device == device and not t.requires_grad  # noqa: E731
+    flat = torch.stack([t if ready(t) else t.detach().reshape(()).to(device, torch.float64)
+                        for t in tensors.values()]).tolist()  # no-op casts skipped: ~2 us each
+    out.update(zip(tensors, flat))
     return {k: out[k] for k in values}  # keep the probes' order

@@ -18,6 +18,7 @@ move to w_{t+1}: `loss/train` at t is R(w_t), `update/angle` at t is the angle(w
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -140,7 +141,7 @@ class Mechanism(Probe):
                 # ~0 for a scale-invariant weight (exactly 0 as eps -> 0): <w, grad> = 0
                 "grad/cos_w": (w @ g) / (norm_w * norm_g),
                 # angle between unit vectors without arccos's loss of precision near 0
-                "update/angle": 2 * np.arctan2(np.sqrt(du @ du), np.sqrt(su @ su)),
+                "update/angle": 2 * math.atan2(np.sqrt(du @ du), np.sqrt(su @ su)),
             })
         return out
 

@@ -48,3 +48,17 @@ def test_reference_recipe_of_mechanism_md():
     np.testing.assert_allclose(data.y, X @ w_star, atol=1e-12)
     w0 = np.random.default_rng(1).standard_normal(16)
     np.testing.assert_allclose(initial_weight(16, 0.5, 1), 0.5 * w0 / np.linalg.norm(w0), rtol=1e-15)
+
+
+def test_square_loss_is_half_the_mean_squared_error_bit_for_bit():
+    """The fused mse_loss gives what the formula gives, value and gradient, in float64."""
+    from bnspike.losses import square_loss
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 17, 1000, 20000):
+        out = torch.randn(n, dtype=torch.float64, generator=gen, requires_grad=True)
+        y = torch.randn(n, dtype=torch.float64, generator=gen)
+        fused, formula = square_loss(out, y), 0.5 * ((out - y) ** 2).mean()
+        assert torch.equal(fused, formula), n
+        g_fused, = torch.autograd.grad(fused, out)
+        g_formula, = torch.autograd.grad(formula, out)
+        assert torch.equal(g_fused, g_formula), n
