@@ -137,7 +137,8 @@ def child(variant: str, n: int, d: int, steps: int) -> dict:
 
 
 def scalar_event_bytes(run_dir: pathlib.Path) -> tuple[int, int]:
-    """(bytes of the TFRecords holding scalars, number of scalar values in them), all event files."""
+    """(bytes of the TFRecords holding the run's scalars, number of scalar values in them), all event
+    files; the theory overlay and the markers are left out, so that the tags match the standard's."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
 
@@ -145,7 +146,7 @@ def scalar_event_bytes(run_dir: pathlib.Path) -> tuple[int, int]:
     for path in run_dir.glob("events.out.tfevents.*"):
         for raw in RawEventFileLoader(str(path)).Load():
             values = [v for v in Event.FromString(raw).summary.value if v.HasField("simple_value")]
-            if values:
+            if values and not any(v.tag.startswith(("theory/", "markers/")) for v in values):
                 size, points = size + len(raw) + 16, points + len(values)  # 16: the record framing
     return size, points
 

@@ -80,9 +80,9 @@ class Mechanism(Probe):
     scale-invariant, so `lr/effective` is eta itself.
 
     Why numpy: these are a few d-vectors, where each torch op costs microseconds of dispatch
-    and numpy's a fraction of that. One matrix M = [A; A P; b^T] (A^T A = Sigma, P the
-    Sigma-orthogonal projector off v_ls, so A P w = ||w||_Sigma A (v - cos v_ls)) gives
-    ||w||_Sigma, the misalignment and rho in a single product.
+    and numpy's a fraction of that. One matrix-vector product p = A w (A^T A = Sigma) gives
+    ||w||_Sigma = |p|; the misalignment is the explicit vector q = p - <Sigma v_ls, w> A v_ls
+    = ||w||_Sigma A (v - cos v_ls), whose norm carries no 1 - cos^2 cancellation.
     """
 
     def setup(self, run: RunContext) -> None:
@@ -91,25 +91,23 @@ class Mechanism(Probe):
         A = np.sqrt(np.clip(evals, 0.0, None))[:, None] * evecs.T  # A^T A = Sigma
         with np.errstate(divide="ignore", invalid="ignore"):  # w_ls = 0 (no signal): nan, as torch gives
             v_ls = f.w_ls / np.sqrt(f.w_ls @ f.sigma @ f.w_ls)
-        self.M = np.vstack([A, A - np.outer(A @ v_ls, f.sigma @ v_ls), f.b[None, :]])
-        self.d = f.d
+        self.A, self.A_v_ls, self.sigma_v_ls, self.b = A, A @ v_ls, f.sigma @ v_ls, f.b
         self.rho_max, self.r_star, self.y_mean = f.rho_max, f.r_star, f.y_mean
         self.bn = run.model.alpha is not None
         self.eps = run.model.bn.eps if self.bn else 0.0
         self.square = run.cfg["optim"]["loss"] == "square"
 
     def __call__(self, s: StepState) -> dict[str, float]:
-        d = self.d
         w, w_next, g = _host(s.w), _host(s.w_next), _host(s.grad_w)
         loss = float(s.loss)
         alpha = None if s.alpha is None else float(s.alpha)
         beta = None if s.beta is None else float(s.beta)
         with np.errstate(all="ignore"):  # 0/0 -> nan, overflow -> inf, silently, as torch gives
-            y = self.M @ w
-            p, q = y[:d], y[d:2 * d]
+            p = self.A @ w
+            q = p - (self.sigma_v_ls @ w) * self.A_v_ls
             w_sigma2 = p @ p  # numpy scalars, not Python floats: x / 0 is inf or nan, not an error
             w_sigma = np.sqrt(w_sigma2)
-            rho = y[2 * d] / w_sigma
+            rho = (self.b @ w) / w_sigma
             cos = rho / self.rho_max
             sin2 = (q @ q) / w_sigma2
             norm_w, norm_g = np.sqrt(w @ w), np.sqrt(g @ g)
