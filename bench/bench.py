@@ -4,7 +4,8 @@ For each (n, d) it times, in fresh processes, interleaved round by round (the me
   (a) a hand-written full-batch GD loop for the same model: no probes, no logging;
   (b) bnspike `train()` with every built-in probe except sharpness, TensorBoard + CSV every step;
   (c) the same plus sharpness every step (exact closed form: the default for this model);
-  (d) (c) with probes.sharpness_method=autograd, what any other model or loss gets.
+  (d) (c) with probes.sharpness_method=autograd, what any other model or loss gets;
+  (e) once per size: (a) with the model through torch.compile, against (a) eager.
 A step's cost is the slope of process CPU time between a short and a long run (on a quiet
 machine with one torch thread CPU time is the wall time; on a shared machine it is far less
 noisy), so what every run pays once (theory, report figure) is reported apart.
@@ -50,8 +51,9 @@ def load_cfg(n, d, steps, variant):
 
 # ---------------------------------------------------------------- (a): the bare loop
 
-def bare_loop(X, y, lr_w: float, lr_alpha: float, eps: float, steps: int) -> float:
-    """What a researcher writes without bnspike: same modules, same optimizer, nothing logged."""
+def bare_loop(X, y, lr_w: float, lr_alpha: float, eps: float, steps: int, compiled: bool = False) -> float:
+    """What a researcher writes without bnspike: same modules, same optimizer, nothing logged.
+    `compiled`: the model through torch.compile (variant e: does a compiled step pay here?)."""
     import torch
     from torch import nn
 
@@ -59,10 +61,12 @@ def bare_loop(X, y, lr_w: float, lr_alpha: float, eps: float, steps: int) -> flo
     linear = nn.Linear(d, 1, bias=False).to(X.dtype)
     bn = nn.BatchNorm1d(1, eps=eps).to(X.dtype)
     bn.bias.requires_grad_(False)
+    model = nn.Sequential(linear, bn)
+    forward = torch.compile(model) if compiled else model
     opt = torch.optim.SGD([{"params": [linear.weight], "lr": lr_w}, {"params": [bn.weight], "lr": lr_alpha}])
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss = 0.5 * ((bn(linear(X)).squeeze(-1) - y) ** 2).mean()
+        loss = 0.5 * ((forward(X).squeeze(-1) - y) ** 2).mean()
         loss.backward()
         opt.step()
     return loss.item()
@@ -78,13 +82,20 @@ def child(variant: str, n: int, d: int, steps: int) -> dict:
     variant = "b" if variant == "m" else variant
     cfg = load_cfg(n, d, steps, variant)
     out = {}
-    if variant == "a":  # imports nothing of bnspike's loop, probes or sinks
+    if variant in "ae":  # imports nothing of bnspike's loop, probes or sinks
         data = load_data(cfg)
         X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
         args = (X, y, cfg["optim"]["lr_w"], cfg["optim"]["lr_alpha"], cfg["model"]["eps"])
-        bare_loop(*args, 3)  # warm-up: torch's one-time lazy initialisation is not a per-step cost
+        c0 = time.process_time()
+        # warm-up: torch's one-time lazy initialisation (and e's compilation) is not a per-step cost
+        bare_loop(*args, 3, compiled=variant == "e")
+        out["warm_up_cpu_seconds"] = time.process_time() - c0
+        if variant == "e":  # the same process, eager then compiled: one comparison under one load
+            c0 = time.process_time()
+            bare_loop(*args, steps)
+            out["eager_cpu_seconds"] = time.process_time() - c0
         t0, c0 = time.perf_counter(), time.process_time()
-        bare_loop(*args, steps)
+        bare_loop(*args, steps, compiled=variant == "e")
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     else:
         from bnspike import analysis, dashboard, loop, theory
@@ -328,6 +339,9 @@ def main() -> None:
             print(f"{n}x{d} round {r + 1}: " + "  ".join(
                 f"{v} {runs[v][-1]['us_per_step']:.0f} us" for v in VARIANTS), flush=True)
         us = {v: statistics.median(x["us_per_step"] for x in runs[v]) for v in VARIANTS}
+        e = spawn("e", n, d, steps["a"])
+        compiled = {"compiled_us": e["cpu_seconds"] / steps["a"] * 1e6, "eager_us": e["eager_cpu_seconds"] / steps["a"] * 1e6,
+                    "compile_s": e["warm_up_cpu_seconds"]}
         b, dd = runs["b"][0], runs["d"][0]
         results.append({
             "n": n, "d": d, "steps": steps, "us_per_step": us,
@@ -346,7 +360,7 @@ def main() -> None:
             "event_bytes_per_1e5_steps": b["event_bytes"] / b["logged_steps"] * 1e5,
             "csv_bytes_per_1e5_steps": b["csv_bytes"] / b["logged_steps"] * 1e5,
             "max_rss_mb": {v: statistics.median(x["max_rss_mb"] for x in runs[v]) for v in VARIANTS},
-            "parts_us": parts,
+            "parts_us": parts, "torch_compile": compiled,
         })
     standard = standard_event_bytes(results[0]["tags"])
     lengths = sorted(args.memory_steps)
@@ -391,6 +405,12 @@ def markdown(rep: dict, lengths: list[int]) -> str:
               "|---|" + "---|" * len(rep["results"])]
     for part in rep["results"][0]["parts_us"]:
         lines.append(f"| {part} | " + " | ".join(f"{r['parts_us'][part]:.1f}" for r in rep["results"]) + " |")
+    lines += ["", "(e) Does a compiled step pay? The bare loop (a) with its model through torch.compile, "
+              "against the same loop eager, in one process (microseconds per step, CPU):", "",
+              "| n x d | eager | torch.compile | compile time, CPU s |", "|---|---|---|---|"]
+    for r in rep["results"]:
+        c = r["torch_compile"]
+        lines.append(f"| {r['n']} x {r['d']} | {c['eager_us']:.0f} | {c['compiled_us']:.0f} | {c['compile_s']:.1f} |")
     mem, (short, long) = rep["peak_rss_mb_1000x16"], rep["memory_steps"]
     lines += ["", "Peak resident memory at 1000 x 16 (MB):", "", "| run | " + f"{short} steps | {long} steps | difference |", "|---|---|---|---|"]
     names = {"a": "(a) bare loop", "b_training": "(b) bnspike, end of training",
