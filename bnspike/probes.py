@@ -175,7 +175,7 @@ class Sharpness(Probe):
         self.closed_form = None
         if pc["sharpness_method"] == "closed_form" or (pc["sharpness_method"] == "auto" and closed):
             f = run.data.facts
-            self.closed_form = hessian.BNLinearSquare(f.sigma, f.b, run.model.bn.eps, self.dense_max)
+            self.closed_form = hessian.BNLinearSquare(f.sigma, f.b, run.model.bn.eps)
 
     def __call__(self, s: StepState) -> dict[str, torch.Tensor | float]:
         if self.every == 0 or s.step % self.every:

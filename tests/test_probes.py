@@ -112,7 +112,7 @@ def _state_at(w, alpha, beta, cfg, d):
 
 
 @pytest.mark.parametrize("method", ["autograd", "closed_form"])
-@pytest.mark.parametrize("dense_max", [64, 0])  # exact dense path, and Lanczos / bisection
+@pytest.mark.parametrize("dense_max", [64, 0])  # autograd: exact dense path, and Lanczos
 def test_sharpness_is_largest_algebraic_not_largest_magnitude(dense_max, method):
     """Near anti-alignment the Hessian's most negative eigenvalue dominates in magnitude."""
     d = 40
@@ -231,18 +231,91 @@ def test_closed_form_and_autograd_sharpness_agree_along_the_spike_run(spike_run,
         assert spike_run.metrics["stability/sharpness"][step] == pytest.approx(exact, rel=1e-9)
 
 
-def test_bisection_equals_eigvalsh_of_the_closed_form_hessian():
-    """Any Sigma (whitened, i.e. a degenerate top, included), sign of alpha, eps, alignment."""
+def closed_form_hessian(sigma, b, eps, w, alpha):
+    """H = k Sigma + g (b s^T + s b^T) - h s s^T in the original basis, and k (D = k * eig(Sigma))."""
+    s, c = sigma @ w, b @ w
+    q = w @ s + eps
+    k = alpha * c * q ** -1.5 + alpha ** 2 * eps * q ** -2
+    g = alpha * q ** -1.5
+    h = 3 * alpha * c * q ** -2.5 + 4 * alpha ** 2 * eps * q ** -3
+    return k * sigma + g * (np.outer(b, s) + np.outer(s, b)) - h * np.outer(s, s), k
+
+
+def assert_secular_is_eigvalsh(solver, sigma, b, eps, w, alpha, where) -> bool:
+    """The secular solver against numpy's eigvalsh of the dense H, to 1e-12 of the size of H's
+    terms (what round-off in assembling H amounts to); returns whether the top eigenvalue is
+    below max(D), i.e. the root lies between the two largest poles."""
+    H, k = closed_form_hessian(sigma, b, eps, w, alpha)
+    evals, D = np.linalg.eigvalsh(H), k * np.linalg.eigvalsh(sigma)
+    scale = np.abs(evals).max() + np.abs(D).max()
+    assert abs(solver.top(w, alpha) - evals[-1]) <= 1e-12 * scale, where
+    return evals[-1] < D.max() - 1e-9 * scale
+
+
+def test_secular_root_equals_eigvalsh_of_the_closed_form_hessian():
+    """Whitened (every eigenvalue of Sigma repeated), repeated top and middle eigenvalues, a
+    singular Sigma, w and b with no component along Sigma's extreme eigenvectors (no pole
+    there), near (anti-)alignment, both signs of alpha, eps from 1e-30 to 1; d up to 300."""
     rng = np.random.default_rng(1)
-    for trial in range(60):
-        d = int(rng.choice([2, 9, 70]))
-        A = rng.standard_normal((d, d))
-        sigma = np.eye(d) if trial % 4 == 0 else A @ A.T / d + 0.1 * np.eye(d)
+    below = above = 0
+    for trial in range(80):
+        d = int(rng.choice([2, 9, 100, 300]))
+        Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        lam = rng.uniform(0.5, 10, d)
+        kind = trial % 4
+        if kind == 0:  # whitened
+            lam[:] = 1.0
+        elif kind == 1:  # repeated top, repeated middle, zeros (rank-deficient, as with n < d)
+            lam[-3:], lam[: d // 3] = lam.max(), 2.0
+            lam[: d // 6] = 0.0
+        sigma = (Q * lam) @ Q.T
         b, w = rng.standard_normal(d), rng.standard_normal(d) * 10 ** rng.uniform(-2, 2)
         if trial % 3 == 0:  # near (anti-)alignment with the least-squares direction
-            w = (-1) ** trial * np.linalg.solve(sigma, b) + 1e-3 * rng.standard_normal(d)
-        alpha, eps = rng.uniform(-3, 3), [1e-10, 1e-3, 1.0][trial % 3]
-        dense = hessian.BNLinearSquare(sigma, b, eps, dense_max=d)
-        H_scale = np.abs(np.linalg.eigvalsh(sigma)).max() * (abs(alpha) + alpha ** 2) * (1 + 1 / (w @ sigma @ w))
-        bisect = hessian.BNLinearSquare(sigma, b, eps, dense_max=0).top(w, alpha)
-        assert abs(bisect - dense.top(w, alpha)) <= 1e-12 * H_scale, trial
+            w = (-1) ** trial * np.linalg.pinv(sigma) @ b + 1e-3 * rng.standard_normal(d)
+        if kind == 3 and d > 2:  # b and w orthogonal to both extreme eigenvectors: D_T is no pole
+            ends = Q[:, [0, -1]]
+            b, w = b - ends @ (ends.T @ b), w - ends @ (ends.T @ w)
+        alpha, eps = rng.uniform(-3, 3), [1e-30, 1e-10, 1e-5, 1.0][trial % 4 if trial % 5 else 0]
+        solver = hessian.BNLinearSquare(sigma, b, eps, dense_max=0)
+        assert solver.top(w, 0.0) == 0.0  # alpha = 0: the loss is flat in w
+        if assert_secular_is_eigvalsh(solver, sigma, b, eps, w, alpha, trial):
+            below += 1
+        else:
+            above += 1
+    assert below >= 10 and above >= 10  # both sides of the top pole were exercised
+
+
+@pytest.fixture(scope="module")
+def wide_run(tmp_path_factory):
+    """A non-whitened run at d = 100 > 64 (Sigma spectrum 1..10) with recorded states."""
+    from tests.conftest import run_config
+    from tests.recorder import Recorder
+
+    Recorder.states.clear()
+    run = run_config(tmp_path_factory, "whitened_spike.yaml", "data.n=400", "data.d=100", "data.whiten=none",
+                     "data.spectrum=linear", "optim.lr_w=0.1", "optim.steps=150",
+                     "probes.extra=['tests.recorder:Recorder']")
+    run.states = list(Recorder.states)
+    return run
+
+
+def test_logged_sharpness_at_d_100_equals_eigvalsh_and_autograd(wide_run):
+    """The probe's secular root at every step of a real run, against eigvalsh of the dense
+    closed form, and at a few steps against the dense autograd Hessian of the live model."""
+    cfg, eps = wide_run.cfg, wide_run.cfg["model"]["eps"]
+    data = load_data(cfg)
+    f, m = data.facts, wide_run.metrics
+    below = 0
+    for step, w, alpha, beta, lr in wide_run.states:
+        below += assert_secular_is_eigvalsh(hessian.BNLinearSquare(f.sigma, f.b, eps, dense_max=0),
+                                            f.sigma, f.b, eps, w, alpha, step)
+        evals = np.linalg.eigvalsh(closed_form_hessian(f.sigma, f.b, eps, w, alpha)[0])
+        assert abs(m["stability/sharpness"][step] - evals[-1]) <= 1e-12 * np.abs(evals).max(), step
+    assert 10 <= below < len(wide_run.states)  # the top eigenvalue on both sides of max(D)
+    model = build_model(cfg, 100)
+    X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
+    for step, w, alpha, beta, lr in wide_run.states[::50]:
+        a, b = torch.tensor([alpha], dtype=torch.float64), torch.tensor([beta], dtype=torch.float64)
+        _, batched = hvp_at(model, X, y, square_loss, torch.as_tensor(w), a, b)
+        exact = float(hessian.dense_top(batched, 100, torch.as_tensor(w)).value)
+        assert m["stability/sharpness"][step] == pytest.approx(exact, rel=1e-9), step
