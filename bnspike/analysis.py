@@ -36,6 +36,11 @@ RESOLUTION = 1e-9
 THEORY_CSV, THEORY_JSON = "theory.csv", "theory.json"
 # Measured series compared with the reference trajectory up to the crossing.
 TRACKED = ("loss/train", "param/alpha", "norm/w", "align/cos")
+# The columns the analysis, the report figure and the dashboard read from a run's CSV files;
+# the others stay on disk (8 bytes per value and column held: a long run's read stays small).
+SERIES = ("step", "loss/train", "loss/excess", "stability/eta_sharpness", "stability/kappa",
+          "stability/kappa_limit", "align/sin2", "align/sin2_maxmargin", "align/cos", "param/alpha",
+          "norm/w")
 
 
 @dataclass(frozen=True)
@@ -121,12 +126,11 @@ def analyse(series: dict[str, np.ndarray]) -> dict:
 
 def compare(measured: dict[str, np.ndarray], reference: dict[str, np.ndarray], until: int | None) -> dict:
     """Largest relative deviation of each tracked series from the reference, steps <= until."""
-    ref_index = {int(s): i for i, s in enumerate(reference["step"])}
-    rows = [(i, ref_index[int(s)]) for i, s in enumerate(measured["step"])
-            if int(s) in ref_index and (until is None or s <= until)]
-    if not rows:
+    steps, mi, ri = np.intersect1d(measured["step"], reference["step"], assume_unique=True, return_indices=True)
+    if until is not None:
+        mi, ri = mi[steps <= until], ri[steps <= until]
+    if not mi.size:
         return {}
-    mi, ri = map(np.asarray, zip(*rows))
     out = {}
     for tag in TRACKED:
         if tag in measured and tag in reference:
@@ -135,25 +139,22 @@ def compare(measured: dict[str, np.ndarray], reference: dict[str, np.ndarray], u
     return out
 
 
-def _read(path: pathlib.Path) -> dict[str, np.ndarray]:
-    from .sinks import read_metrics  # sinks imports torch's SummaryWriter: only when reading a run
-
-    return {k: np.asarray(v) for k, v in read_metrics(path).items()}
-
-
 def load_run(run_dir: pathlib.Path) -> tuple[dict, dict, dict]:
-    """(measured series, reference series or {}, theory prediction or {}) of a run directory."""
-    from .sinks import METRICS
+    """(measured series, reference series or {}, theory prediction or {}) of a run directory:
+    the SERIES columns of metrics.csv and theory.csv, float64. The end of a run reads them once
+    and hands them to `summarize`, the report and the dashboard."""
+    from .sinks import METRICS, read_metrics  # sinks imports TensorBoard's protobufs: only when reading a run
 
     run_dir = pathlib.Path(run_dir)
-    measured = _read(run_dir / METRICS)
-    reference = _read(run_dir / THEORY_CSV) if (run_dir / THEORY_CSV).is_file() else {}
+    measured = read_metrics(run_dir / METRICS, SERIES)
+    reference = read_metrics(run_dir / THEORY_CSV, SERIES) if (run_dir / THEORY_CSV).is_file() else {}
     prediction = json.loads((run_dir / THEORY_JSON).read_text()) if (run_dir / THEORY_JSON).is_file() else {}
     return measured, reference, prediction
 
 
-def summarize(run_dir: pathlib.Path) -> dict:
-    m, reference, prediction = load_run(run_dir)
+def summarize(run: tuple[dict, dict, dict]) -> dict:
+    """The analysis of a run as `load_run` returns it: measured story, reference story, prediction."""
+    m, reference, prediction = run
     if not m or m["step"].size == 0:
         return {"logged_steps": 0}
     steps, loss = m["step"].astype(int), m["loss/train"]
@@ -171,6 +172,11 @@ def summarize(run_dir: pathlib.Path) -> dict:
     if prediction:
         out["predicted"] = {k: prediction.get(k) for k in ("regime", "T_cross", "onset_estimate")}
     return out
+
+
+def value_at(series: dict[str, np.ndarray], tag: str, step: int) -> float:
+    """The value of `tag` at a logged step (steps are logged in increasing order)."""
+    return float(series[tag][np.searchsorted(series["step"], step)])
 
 
 def events(summary: dict) -> dict[str, int]:

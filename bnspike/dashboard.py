@@ -8,15 +8,18 @@ they sit on the loss curve), and the report figure as an image.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import pathlib
 import re
+import struct
+from typing import Iterable
 
-import matplotlib.image
-import numpy as np
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import custom_scalars
 
-from . import analysis, report
+from . import analysis
 
 THEORY = "theory/"
 MARKERS = "markers/"
@@ -64,32 +67,47 @@ def layout() -> dict:
             for cat, charts in LAYOUT.items()}
 
 
-def start(sink, reference: dict[str, np.ndarray], logged_steps: list[int]) -> None:
-    """Theory scalars at the steps the run will log, plus the layout; written before step 0.
+def start(sink, reference: pathlib.Path | None, logged_steps: Iterable[int]) -> None:
+    """Theory scalars at the steps the run will log (increasing), plus the layout; written
+    before step 0.
 
     `sink` is the run's TensorBoardSink: one event per step, one writer per run directory.
+    `reference`: the run's theory.csv (every step), read row by row as the steps go, so a long
+    run never holds its reference in memory; None when the theory does not model the run.
     """
     sink.add_summary(custom_scalars(layout()))
-    # Python floats once per tag: indexing numpy arrays element by element costs ~10x more.
-    columns = {THEORY + tag: values.tolist() for tag, values in reference.items() if tag != "step"}
-    for step in logged_steps:
-        row = {tag: values[step] for tag, values in columns.items()}
-        row[THEORY + "stability/limit"] = analysis.LIMIT
-        sink.write(step, row)
+    with open(reference, newline="") if reference else contextlib.nullcontext([]) as fh:
+        rows = csv.reader(fh)
+        tags = [THEORY + tag for tag in next(rows, ["step"])[1:]]
+        for step in logged_steps:
+            row = next((dict(zip(tags, map(float, cells[1:]))) for cells in rows if int(cells[0]) == step), {})
+            row[THEORY + "stability/limit"] = analysis.LIMIT
+            sink.write(step, row)
     sink.flush()
 
 
-def finish(run_dir: pathlib.Path, summary: dict) -> None:
-    """The verdict into TensorBoard: analysis table as text, marker points, report figure."""
-    measured, _, _ = analysis.load_run(run_dir)
-    index = {int(s): i for i, s in enumerate(measured["step"])}
-    path, _ = report.write(run_dir, summary)  # reuses the analysis: no second summarize
+def finish(run_dir: pathlib.Path, summary: dict, run: tuple[dict, dict, dict]) -> None:
+    """The verdict into TensorBoard: analysis table as text, marker points, report figure.
+    `run`: analysis.load_run's series, which `summary` analyses."""
+    from . import report  # matplotlib: loaded at the end of a run, not held while it trains
+
+    measured = run[0]
+    path, _ = report.write(run_dir, summary, run)
     writer = SummaryWriter(log_dir=str(run_dir))  # the training writer is closed: one at a time
     try:
         writer.add_text("analysis", analysis.table(summary))
         curve = "loss/excess" if "loss/excess" in measured else "loss/train"  # logistic: no R*
         for name, step in analysis.events(summary).items():
-            writer.add_scalar(MARKERS + name, float(measured[curve][index[step]]), step)
-        writer.add_image("report", matplotlib.image.imread(path), dataformats="HWC")
+            writer.add_scalar(MARKERS + name, analysis.value_at(measured, curve, step), step)
+        writer.file_writer.add_summary(_image("report", path.read_bytes()))
     finally:
         writer.close()
+
+
+def _image(tag: str, png: bytes) -> Summary:
+    """An image summary holding the PNG file's bytes as they are: what add_image writes after
+    decoding the file to floats and encoding it again (tens of MB for a report figure)."""
+    width, height = struct.unpack(">II", png[16:24])  # the IHDR chunk, first in every PNG
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[png[25]]  # PNG colour type: grey, RGB, grey + alpha, RGBA
+    image = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=png)
+    return Summary(value=[Summary.Value(tag=tag, image=image)])

@@ -120,7 +120,6 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     # It models full-batch GD on the square-loss BN model: other settings run without it.
     unmodelled = theory.outside(cfg, data.facts)
     problem = None if unmodelled else theory.problem(cfg, data.facts)
-    reference = theory.reference(problem) if problem else {}
     parts = checkpoint.stateful(probes, model=model, optimizer=optimizer, batches=batches)
     diverged = _Divergence(model)
     # looked up once: each nn.Module attribute lookup costs about a microsecond
@@ -129,12 +128,13 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
 
     if not resume:
         (run_dir / "config.yaml").write_text(config.dump(cfg))
-        if problem:
-            theory.save(run_dir, theory.predict(problem, reference), reference)
+        if problem:  # the reference map streamed to theory.csv, and the prediction
+            theory.save(run_dir, problem)
     flush_secs, checkpoint_every = cfg["log"]["flush_secs"], cfg["checkpoint"]["every"]
     sinks = [TensorBoardSink(run_dir, flush_secs, purge_step=start if resume else None),
              CSVSink(run_dir, flush_secs, append=resume)]
-    dashboard.start(sinks[0], reference, [t for t in range(start, steps) if t % every == 0 or t == steps - 1])
+    dashboard.start(sinks[0], run_dir / analysis.THEORY_CSV if problem else None,
+                    (t for t in range(start, steps) if t % every == 0 or t == steps - 1))
     progress = Progress(steps, cfg["log"]["progress"], initial=start)
     outcome = {"status": "finished"}
     stop = _StopOnSignal()
@@ -182,14 +182,15 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
             sink.close()
     seeds = {"seed": cfg["seed"], "data.data_seed": cfg["data"]["data_seed"],
              "model.w0_seed": cfg["model"]["w0_seed"], "optim.shuffle_seed": cfg["optim"]["shuffle_seed"]}
+    run = analysis.load_run(run_dir)  # read once, for the summary, the report and the dashboard
     summary = {**outcome, "steps": steps, "seeds": seeds,
                **({"theory": f"not modelled ({unmodelled})"} if unmodelled else {}),
-               **analysis.summarize(run_dir)}
+               **analysis.summarize(run)}
     if resume:
         summary["resumed_from_step"] = start
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if outcome["status"] != "interrupted" and summary["logged_steps"]:  # a resumed run gets it at its end
-        dashboard.finish(run_dir, summary)
+        dashboard.finish(run_dir, summary, run)
     return summary
 
 

@@ -24,22 +24,44 @@ MARKER_STYLE = {"directional_onset": ("align/sin2", "v", "tab:purple"),
                 "recovery": ("loss/excess", "o", "tab:green")}
 
 
+# Points per drawn line: a panel is about 600 pixels wide.
+PLOT_POINTS = 4096
+
+
+def envelope(steps: np.ndarray, values: np.ndarray, points: int = PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most `points` samples that draw like the whole series: of each block of consecutive
+    samples, its smallest and largest value, in step order (NaN, a step without a value, only
+    where the whole block has none). matplotlib holds about 60 bytes per point of a line: drawn
+    in full, a 1e5-step run costs tens of MB for detail finer than a pixel; here every spike,
+    floor and round-off dip keeps its exact value."""
+    per = -(-values.size // (points // 2))  # samples per block
+    if per <= 1:
+        return steps, values
+    blocks = np.concatenate([values, np.full(-values.size % per, np.nan)]).reshape(-1, per)
+    nan = np.isnan(blocks)
+    low, high = np.argmin(np.where(nan, np.inf, blocks), axis=1), np.argmax(np.where(nan, -np.inf, blocks), axis=1)
+    pick = (np.arange(len(blocks))[:, None] * per + np.sort(np.stack([low, high], axis=1), axis=1)).ravel()
+    return steps[pick], values[pick]
+
+
 def _plot(ax, measured, reference, tag, label, log=False):
     if tag in measured:
-        ax.plot(measured["step"], measured[tag], lw=1.4, label=f"{label} (run)")
+        ax.plot(*envelope(measured["step"], measured[tag]), lw=1.4, label=f"{label} (run)")
     if tag in reference:
-        ax.plot(reference["step"], reference[tag], "--", lw=1.0, label=f"{label} (theory)")
+        ax.plot(*envelope(reference["step"], reference[tag]), "--", lw=1.0, label=f"{label} (theory)")
     if log:
         ax.set_yscale("log")
 
 
-def figure(run_dir: pathlib.Path, summary: dict | None = None):
+def figure(run_dir: pathlib.Path, summary: dict | None = None, run: tuple | None = None):
     """(figure, markers): markers maps each analysed event to the (step, value) drawn for it.
 
-    `summary`: the run's analysis when the caller already has it (the end of training does).
+    `run` (analysis.load_run's series) and `summary` (their analysis): what the caller already
+    has (the end of training does); read and analysed here otherwise.
     """
-    measured, reference, prediction = analysis.load_run(run_dir)
-    summary = summary or analysis.summarize(run_dir)
+    run = run or analysis.load_run(run_dir)
+    measured, reference, prediction = run
+    summary = summary or analysis.summarize(run)
     story = summary["measured"]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.91, wspace=0.15, hspace=0.18)
@@ -54,7 +76,6 @@ def figure(run_dir: pathlib.Path, summary: dict | None = None):
     direction = analysis.direction_tag(measured)
     _plot(ax_dir, measured, reference, direction, "sin^2 (misalignment)", log=True)
     ax_dir.set_title("direction: grows from round-off after the crossing")
-    index = {int(s): i for i, s in enumerate(measured["step"])}
     markers = {}
     events = analysis.events(summary)
     for name, (tag, symbol, color) in MARKER_STYLE.items():
@@ -65,7 +86,7 @@ def figure(run_dir: pathlib.Path, summary: dict | None = None):
         tag = direction if tag == "align/sin2" else tag
         if tag not in measured:  # a spike without loss/excess: logistic runs
             continue
-        line, = ax.plot([step], [measured[tag][index[step]]], symbol, color=color, ms=10, label=f"{name} @ {step}")
+        line, = ax.plot([step], [analysis.value_at(measured, tag, step)], symbol, color=color, ms=10, label=f"{name} @ {step}")
         markers[name] = (float(line.get_xdata()[0]), float(line.get_ydata()[0]))
 
     for tag, label in (("stability/eta_sharpness", "eta * sharpness"), ("stability/kappa", "kappa")):
@@ -95,11 +116,12 @@ def figure(run_dir: pathlib.Path, summary: dict | None = None):
     return fig, markers
 
 
-def write(run_dir: pathlib.Path, summary: dict | None = None) -> tuple[pathlib.Path, dict]:
-    """Draw the report of a finished run into RUN_DIR/report.png; returns (path, markers)."""
+def write(run_dir: pathlib.Path, summary: dict | None = None, run: tuple | None = None) -> tuple[pathlib.Path, dict]:
+    """Draw the report of a finished run into RUN_DIR/report.png; returns (path, markers).
+    `summary`, `run`: as for `figure`."""
     path = pathlib.Path(run_dir) / FILE
     with np.errstate(over="ignore"):  # a diverged run's log axis reaches 1e308: limits overflow harmlessly
-        fig, markers = figure(run_dir, summary)
+        fig, markers = figure(run_dir, summary, run)
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return path, markers

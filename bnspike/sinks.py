@@ -17,6 +17,7 @@ metrics.csv keeps full float64 precision (TensorBoard stores float32).
 """
 from __future__ import annotations
 
+import array
 import csv
 import math
 import os
@@ -243,10 +244,12 @@ class CSVSink:
         self.file.close()
 
 
-def read_metrics(path: str | pathlib.Path) -> dict[str, list[float]]:
-    """metrics.csv -> {column: values}; empty cells are NaN; a torn last line (killed run) is dropped.
+def read_metrics(path: str | pathlib.Path, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """metrics.csv (or theory.csv) -> {column: float64 values}; empty cells are NaN; a torn last
+    line (killed run) is dropped. `columns`: only these (those the file has), in the file's order.
 
-    Streams the file: memory holds the parsed numbers, never the text of a long run.
+    Streams the file into one growing array of doubles per column: memory holds 8 bytes per
+    value read, never the text of a long run nor a Python float per value.
     """
     with open(path, newline="") as fh:
         complete = (line for line in fh if line.endswith("\n"))  # a torn line can only be the last
@@ -254,11 +257,12 @@ def read_metrics(path: str | pathlib.Path) -> dict[str, list[float]]:
         header = next(rows, None)
         if header is None:
             return {}
-        columns: list[list[float]] = [[] for _ in header]
+        wanted = [(i, name) for i, name in enumerate(header) if columns is None or name in columns]
+        values = {name: array.array("d") for _, name in wanted}
         for r in rows:
-            for col, cell in zip(columns, r):
-                col.append(float(cell) if cell else math.nan)
-    return dict(zip(header, columns))
+            for i, name in wanted:
+                values[name].append(float(r[i]) if r[i] else math.nan)
+    return {name: np.frombuffer(v, dtype=np.float64) if v else np.empty(0) for name, v in values.items()}
 
 
 class Progress:

@@ -34,6 +34,7 @@ import json
 import math
 import pathlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -44,6 +45,7 @@ from .init import initial_weight
 TAGS = ("loss/train", "loss/excess", "loss/scale_term", "loss/direction_term", "loss/bias_term",
         "norm/w", "norm/w_sigma", "param/alpha", "param/beta", "lr/effective", "stability/kappa",
         "stability/kappa_limit", "align/cos", "align/sin2")
+CHUNK = 1024  # steps of the reference map computed and held at a time
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ def outside(cfg: dict, facts) -> str | None:
 
 
 def problem(cfg: dict, facts) -> Problem:
+    ls_direction(facts)  # refuses data without signal here, before a run writes anything
     mc, oc = cfg["model"], cfg["optim"]
     return Problem(
         facts=facts, w0=initial_weight(facts.d, mc["w0_norm"], mc["w0_seed"]), alpha0=mc["alpha0"],
@@ -102,12 +105,13 @@ def kappa_limit(facts) -> float:
     return 2.0 / mu if mu > 1e-12 * facts.sigma_eigs[-1] else math.inf
 
 
-@np.errstate(over="ignore", invalid="ignore")  # a diverging map ends in inf/NaN; the run reports it
-def reference(pr: Problem) -> dict[str, np.ndarray]:
-    """The closed-form gradient-descent map (any Sigma, eps and beta exact), float64 numpy.
+def reference_chunks(pr: Problem, size: int = CHUNK) -> Iterator[dict[str, np.ndarray]]:
+    """The closed-form gradient-descent map (any Sigma, eps and beta exact), float64 numpy,
+    `size` steps at a time: a long run's reference is written out as it is computed, never held.
 
-    Values at index t describe w_t, like the run's metrics. After each step the iterate is
-    rounded to the run's dtype, so the unstable mode grows from the same round-off level.
+    Values at index i of a chunk describe w_t for t = chunk["step"][i], like the run's metrics.
+    After each step the iterate is rounded to the run's dtype, so the unstable mode grows from
+    the same round-off level.
     """
     f = pr.facts
     sigma, b, v_ls = f.sigma, f.b, ls_direction(f)
@@ -115,38 +119,47 @@ def reference(pr: Problem) -> dict[str, np.ndarray]:
     store = np.float32 if pr.dtype == "float32" else np.float64
     # np.float64, not float: a diverging map overflows to inf (as the run does) instead of raising
     w, gamma, beta = pr.w0.astype(store).astype(float), np.float64(store(pr.alpha0)), np.float64(store(pr.beta0))
-    out = {tag: np.empty(pr.steps) for tag in TAGS}
-    out["step"] = np.arange(pr.steps, dtype=float)
-    out["stability/kappa_limit"][:] = limit
-    for t in range(pr.steps):
-        sw = sigma @ w
-        s = w @ sw
-        q2 = s + pr.eps
-        q, p = math.sqrt(q2), b @ w
-        w_sigma = math.sqrt(s)
-        rho = p / w_sigma
-        cos = rho / f.rho_max
-        perp = w / w_sigma - cos * v_ls
-        sin2 = perp @ sigma @ perp
-        # exact split of R (mechanism.md section 2 with alpha_eff = gamma ||w||_Sigma / q)
-        scale = 0.5 * (gamma * w_sigma / q - rho) ** 2
-        direction = 0.5 * f.rho_max ** 2 * sin2
-        bias = 0.5 * (beta - f.y_mean) ** 2
-        norm = math.sqrt(w @ w)
-        row = {"loss/excess": scale + direction + bias, "loss/scale_term": scale,
-               "loss/direction_term": direction, "loss/bias_term": bias, "norm/w": norm,
-               "norm/w_sigma": w_sigma, "param/alpha": gamma, "param/beta": beta,
-               "lr/effective": pr.eta / norm ** 2, "stability/kappa": pr.eta * gamma * rho / s,
-               "align/cos": cos, "align/sin2": sin2}
-        for tag, value in row.items():
-            out[tag][t] = value
-        grad_w = -gamma / q * b + (gamma * p / (q2 * q) + gamma ** 2 * pr.eps / (q2 * q2)) * sw
-        grad_gamma = gamma * s / q2 - p / q
-        w = (w - pr.eta * grad_w).astype(store).astype(float)
-        gamma = np.float64(store(gamma - pr.eta_alpha * grad_gamma))
-        beta = np.float64(store(beta - pr.eta_beta * (beta - f.y_mean)))
-    out["loss/train"] = out["loss/excess"] + f.r_star
-    return out
+    for begin in range(0, pr.steps, size):
+        steps = range(begin, min(begin + size, pr.steps))
+        out = {tag: np.empty(len(steps)) for tag in TAGS}
+        out["step"] = np.arange(steps.start, steps.stop, dtype=float)
+        out["stability/kappa_limit"][:] = limit
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging map ends in inf/NaN; the run reports it
+            for i in range(len(steps)):
+                sw = sigma @ w
+                s = w @ sw
+                q2 = s + pr.eps
+                q, p = math.sqrt(q2), b @ w
+                w_sigma = math.sqrt(s)
+                rho = p / w_sigma
+                cos = rho / f.rho_max
+                perp = w / w_sigma - cos * v_ls
+                sin2 = perp @ sigma @ perp
+                # exact split of R (mechanism.md section 2 with alpha_eff = gamma ||w||_Sigma / q)
+                scale = 0.5 * (gamma * w_sigma / q - rho) ** 2
+                direction = 0.5 * f.rho_max ** 2 * sin2
+                bias = 0.5 * (beta - f.y_mean) ** 2
+                norm = math.sqrt(w @ w)
+                row = {"loss/excess": scale + direction + bias, "loss/scale_term": scale,
+                       "loss/direction_term": direction, "loss/bias_term": bias, "norm/w": norm,
+                       "norm/w_sigma": w_sigma, "param/alpha": gamma, "param/beta": beta,
+                       "lr/effective": pr.eta / norm ** 2, "stability/kappa": pr.eta * gamma * rho / s,
+                       "align/cos": cos, "align/sin2": sin2}
+                for tag, value in row.items():
+                    out[tag][i] = value
+                grad_w = -gamma / q * b + (gamma * p / (q2 * q) + gamma ** 2 * pr.eps / (q2 * q2)) * sw
+                grad_gamma = gamma * s / q2 - p / q
+                w = (w - pr.eta * grad_w).astype(store).astype(float)
+                gamma = np.float64(store(gamma - pr.eta_alpha * grad_gamma))
+                beta = np.float64(store(beta - pr.eta_beta * (beta - f.y_mean)))
+            out["loss/train"] = out["loss/excess"] + f.r_star
+        yield out
+
+
+def reference(pr: Problem) -> dict[str, np.ndarray]:
+    """The whole reference map at once (`bnspike theory`, tests): `reference_chunks` joined."""
+    chunks = list(reference_chunks(pr))
+    return {tag: np.concatenate([c[tag] for c in chunks]) for tag in chunks[0]}
 
 
 @np.errstate(over="ignore", invalid="ignore")
@@ -198,12 +211,17 @@ def closed_form_crossing(alpha0: float, norm2: float, rho_max: float, eta: float
     return math.log((rho_max - alpha0) / (rho_max - alpha_c)) / -math.log1p(-eta_alpha)
 
 
+# The series of the reference map `predict` reads (data that is not whitened).
+PREDICTED_FROM = ("stability/kappa", "param/alpha", "norm/w_sigma", "loss/excess")
+
+
 def predict(pr: Problem, ref: dict[str, np.ndarray] | None = None) -> dict:
     """Regime, crossing step T_cross and the onset estimate (rising edge and peak of the spike).
 
     Whitened data: from the paper's reduced (alpha, theta, ||w||) recursion, floored at the
     round-off level (so it also goes through the spike). Otherwise from the reference map
-    (`ref`, computed here if not given). Past the horizon, alpha is continued in closed form.
+    (`ref`: its PREDICTED_FROM series, computed here if not given). Past the horizon, alpha is
+    continued in closed form.
     """
     f = pr.facts
     out: dict = {"rho_max": f.rho_max, "r_star": f.r_star, "whitened": f.whitened}
@@ -275,14 +293,20 @@ def format_table(prediction: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
 
 
-def save(run_dir: pathlib.Path, prediction: dict, ref: dict[str, np.ndarray]) -> None:
-    """theory.json (the prediction) and theory.csv (the reference, full float64 precision)."""
+def save(run_dir: pathlib.Path, pr: Problem) -> None:
+    """theory.csv (the reference map at full float64 precision, written chunk by chunk as it is
+    computed) and theory.json (the prediction)."""
     run_dir = pathlib.Path(run_dir)
-    (run_dir / analysis.THEORY_JSON).write_text(json.dumps(prediction, indent=2) + "\n")
+    kept = {} if pr.facts.whitened else {tag: [] for tag in PREDICTED_FROM}  # what predict reads
     with open(run_dir / analysis.THEORY_CSV, "x", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["step", *TAGS])
-        # Python floats column by column (numpy's per-element indexing is the slow part); repr of
-        # a float is its shortest exact form, the same text as before.
-        columns = [[repr(v) for v in ref[tag].tolist()] for tag in TAGS]
-        writer.writerows(zip(ref["step"].astype(int).tolist(), *columns))
+        for chunk in reference_chunks(pr):
+            # Python floats column by column (numpy's per-element indexing is the slow part);
+            # repr of a float is its shortest exact form
+            columns = [[repr(v) for v in chunk[tag].tolist()] for tag in TAGS]
+            writer.writerows(zip(chunk["step"].astype(int).tolist(), *columns))
+            for tag, parts in kept.items():
+                parts.append(chunk[tag])
+    prediction = predict(pr, {tag: np.concatenate(parts) for tag, parts in kept.items()} or None)
+    (run_dir / analysis.THEORY_JSON).write_text(json.dumps(prediction, indent=2) + "\n")

@@ -17,7 +17,14 @@ CONFIGS = ROOT / "configs"
 class Run:
     def __init__(self, run_dir: pathlib.Path, cfg: dict, summary: dict):
         self.dir, self.cfg, self.summary = run_dir, cfg, summary
-        self.metrics = {k: np.asarray(v) for k, v in read_metrics(run_dir / "metrics.csv").items()}
+        self.metrics = read_metrics(run_dir / "metrics.csv")
+
+
+def assert_same_metrics(a: dict, b: dict) -> None:
+    """Two read_metrics results: the same columns, equal values (NaN, an empty cell, equals NaN)."""
+    assert list(a) == list(b)
+    for tag in a:
+        np.testing.assert_array_equal(a[tag], b[tag], err_msg=tag)
 
 
 def run_config(tmp_path_factory, name: str, *overrides: str) -> Run:

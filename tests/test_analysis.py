@@ -2,8 +2,11 @@
 import json
 import subprocess
 
+import matplotlib.image
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+from tensorboard.compat.proto.event_pb2 import Event
 
 from bnspike import analysis, cli, report
 from tests.conftest import ROOT
@@ -100,6 +103,38 @@ def test_report_png_marks_the_analysed_steps(default_run):
         assert x == step, name
         want = {"crossing": analysis.LIMIT, "directional_onset": m["align/sin2"][step]}.get(name, m["loss/excess"][step])
         assert y == pytest.approx(want), name
+
+
+def test_report_draws_the_envelope_of_long_series():
+    """Of every block of consecutive steps the drawn line keeps the smallest and largest value, in
+    step order; a block with no value at all stays a gap."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(100_003, dtype=float)
+    values = np.exp(rng.standard_normal(steps.size))
+    values[5_000], values[6_000] = 1e6, -1e-3  # a spike, a round-off dip below the floor
+    values[7_000:9_500] = np.nan  # steps without a value
+    x, y = report.envelope(steps, values, points=1000)
+    per, blocks = 201, 498  # ceil(100003 / 500) steps per block, ceil(100003 / 201) blocks
+    assert y.size == 2 * blocks and np.all(np.diff(x) >= 0)
+    for block in range(blocks):
+        got, want = y[2 * block: 2 * block + 2], values[block * per: (block + 1) * per]
+        assert steps[block * per] <= x[2 * block] <= x[2 * block + 1] < steps[block * per] + per
+        if np.isnan(want).all():
+            assert np.isnan(got).all()
+        else:
+            assert sorted(got) == [np.nanmin(want), np.nanmax(want)]
+    short = np.arange(10.0)
+    x, y = report.envelope(short, short ** 2, points=1000)  # fewer steps than points: as they are
+    assert x is short and y.tolist() == (short ** 2).tolist()
+
+
+def test_report_image_in_the_event_file_is_the_png(default_run):
+    png = (default_run.dir / report.FILE).read_bytes()
+    (image,) = [v.image for path in default_run.dir.glob("events.out.tfevents.*")
+                for raw in RawEventFileLoader(str(path)).Load() for v in Event.FromString(raw).summary.value
+                if v.tag == "report"]  # as written (EventFileLoader would convert it to a tensor)
+    assert image.encoded_image_string == png
+    assert (image.height, image.width, image.colorspace) == matplotlib.image.imread(default_run.dir / report.FILE).shape
 
 
 def test_report_of_a_directory_without_a_run_is_a_clear_error(tmp_path, capsys):

@@ -236,7 +236,7 @@ def test_shipped_csv_example_trains_from_the_command_line_and_spikes(tmp_path, m
     assert "examples/data/toy.csv: n=200 d=5, features centred, standardised" in capsys.readouterr().out
     saved = config.load(tmp_path / "run" / "config.yaml")
     assert saved["data"]["path"] == "examples/data/toy.csv" and saved["data"]["standardize"] is True
-    m = {k: np.asarray(v) for k, v in read_metrics(tmp_path / "run" / "metrics.csv").items()}
+    m = read_metrics(tmp_path / "run" / "metrics.csv")
     excess, es, norm = m["loss/excess"], m["stability/eta_sharpness"], m["norm/w"]
     assert 40 <= np.argmax(es > 2) <= 50 and np.all(m["stability/kappa"] < 2)
     rises = np.flatnonzero(np.diff(excess) > 0) + 1
@@ -251,7 +251,7 @@ def test_shipped_breast_cancer_config_shows_a_delayed_spike(tmp_path):
     cfg = config.load(ROOT / "configs" / "breast_cancer_spike.yaml",
                       ["optim.steps=260", "log.progress=none", "probes.sharpness_every=0"])
     train(cfg, tmp_path)
-    m = {k: np.asarray(v) for k, v in read_metrics(tmp_path / "metrics.csv").items()}
+    m = read_metrics(tmp_path / "metrics.csv")
     excess, kappa, norm = m["loss/excess"], m["stability/kappa"], m["norm/w"]
     assert np.argmax(kappa > 2) == 70
     assert np.all(np.diff(excess[:200]) < 0)  # smooth descent long after the crossing

@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from bnspike import checkpoint, cli, config
 from bnspike.loop import train
 from bnspike.sinks import read_metrics
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, assert_same_metrics
 
 SPIKE = CONFIGS / "whitened_spike.yaml"
 BASE = ["optim.steps=150", "probes.sharpness_every=25", "probes.sharpness_dense_max=0", "log.progress=none"]
@@ -76,7 +76,7 @@ def test_signal_at_random_step_checkpoints_then_resume_is_bit_identical(referenc
     # the step in progress completes (it is logged), then the run stops before the next one
     assert summary["status"] == "interrupted"
     assert summary["stopped"] == {"step": STEP + 1, "signal": sig}
-    assert read_metrics(run_dir / "metrics.csv")["step"] == list(range(STEP + 1))
+    assert read_metrics(run_dir / "metrics.csv")["step"].tolist() == list(range(STEP + 1))
     assert torch.load(run_dir / checkpoint.NAME, weights_only=True)["step"] == STEP + 1
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers  # put back
 
@@ -110,7 +110,7 @@ def test_second_ctrl_c_aborts_at_once(tmp_path, monkeypatch, capsys):
     assert code == 130 and "aborted" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler
     assert not (tmp_path / "r" / "summary.json").exists()  # the aborted step was never completed
-    assert read_metrics(tmp_path / "r" / "metrics.csv")["step"] == list(range(STEP))
+    assert read_metrics(tmp_path / "r" / "metrics.csv")["step"].tolist() == list(range(STEP))
     assert torch.load(tmp_path / "r" / checkpoint.NAME, weights_only=True)["step"] == STEP // 25 * 25
 
 
@@ -130,12 +130,12 @@ def test_sigkill_leaves_readable_logs_and_resume_is_bit_identical(reference, tmp
     ref = read_metrics(reference / "metrics.csv")
     text = (run_dir / "metrics.csv").read_text()
     m = read_metrics(run_dir / "metrics.csv")
-    assert m["step"] == list(range(STEP)) and text.count("\n") == STEP + 1, f"step {STEP}"
-    assert all(m[k] == ref[k][:STEP] for k in ref)
+    assert m["step"].tolist() == list(range(STEP)) and text.count("\n") == STEP + 1, f"step {STEP}"
+    assert_same_metrics(m, {k: v[:STEP] for k, v in ref.items()})
     # a write torn mid-line (the OS, not this writer, decides where a dying write stops)
     torn = tmp_path / "torn.csv"
     torn.write_text(text + text.splitlines()[-1][: len(text.splitlines()[-1]) // 2])
-    assert read_metrics(torn) == m
+    assert_same_metrics(read_metrics(torn), m)
 
     # the event file: readable, consecutive steps, float32 of the CSV values
     events = scalars(run_dir)

@@ -16,7 +16,7 @@ from bnspike.loop import _Divergence, _gather, train
 from bnspike.model import build_model
 from bnspike.optim import build_optimizer
 from bnspike.sinks import read_metrics
-from tests.conftest import CONFIGS, ROOT
+from tests.conftest import CONFIGS, ROOT, assert_same_metrics
 from tests.test_resume import scalars
 
 SPIKE = CONFIGS / "whitened_spike.yaml"
@@ -57,7 +57,7 @@ def test_overflow_stops_at_the_right_step_with_readable_logs(tmp_path, capsys):
     assert f"bnspike: diverged at step {step}: non-finite loss (inf)" in capsys.readouterr().err
 
     m = read_metrics(run_dir / "metrics.csv")  # everything before the step, all finite
-    assert m["step"] == list(range(step)) and np.isfinite(m["loss/train"]).all()
+    assert m["step"].tolist() == list(range(step)) and np.isfinite(m["loss/train"]).all()
     np.testing.assert_allclose(m["param/alpha"], alphas, rtol=1e-12)
     # alpha doubles, the loss quadruples: the next sum of n squared residuals passes the float64 max
     assert m["loss/train"][-1] * 4 * cfg["data"]["n"] > np.finfo(np.float64).max
@@ -139,7 +139,7 @@ def test_float32_data_and_float32_model_are_handled(tmp_path):
         (tmp_path / name).mkdir()
         assert train(config.resolve(raw), tmp_path / name)["status"] == "finished"
         runs[name] = read_metrics(tmp_path / name / "metrics.csv")
-    assert runs["float32 data, float64 model"] == runs["float64 data, float64 model"]
+    assert_same_metrics(runs["float32 data, float64 model"], runs["float64 data, float64 model"])
     f32, f64 = runs["float64 data, float32 model"]["loss/train"], runs["float64 data, float64 model"]["loss/train"]
     assert f32[0] == pytest.approx(f64[0], rel=1e-6) and f32[0] != f64[0]
 

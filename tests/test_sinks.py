@@ -33,7 +33,7 @@ def test_events_and_csv_are_readable_while_the_run_is_still_writing(tmp_path):
         assert [e.step for e in events[:50]] == list(range(50))
         assert math.isclose(events[9].value, 0.1, rel_tol=1e-7)
         m = read_metrics(tmp_path / "metrics.csv")
-        assert m["step"][:51] == list(range(51))
+        assert m["step"][:51].tolist() == list(range(51))
         assert m["norm/w"][3] == 0.5 + 3e-17  # full float64 precision in the CSV
     finally:
         tb.close()
@@ -44,9 +44,12 @@ def test_read_metrics_drops_a_torn_last_line(tmp_path):
     path = pathlib.Path(tmp_path / "metrics.csv")
     path.write_text("step,loss/train,stability/sharpness\n0,1.5,2.0\n1,1.25,\n2,1.1")
     m = read_metrics(path)
-    assert m["step"] == [0.0, 1.0]
-    assert m["loss/train"] == [1.5, 1.25]
+    assert m["step"].tolist() == [0.0, 1.0]
+    assert m["loss/train"].tolist() == [1.5, 1.25]
     assert m["stability/sharpness"][0] == 2.0 and math.isnan(m["stability/sharpness"][1])
+    assert all(v.dtype == np.float64 for v in m.values())
+    some = read_metrics(path, ("stability/sharpness", "step", "not/logged"))  # in the file's order
+    assert list(some) == ["step", "stability/sharpness"] and some["step"].tolist() == [0.0, 1.0]
 
 
 def records(path):
@@ -126,7 +129,7 @@ def test_csv_rows_are_exact_and_skipped_metrics_are_empty(tmp_path):
         sink.write(2, {"a": 1.0, "c": 2.0})
     sink.close()
     m = read_metrics(sink.path)
-    assert m["step"] == [0.0, 1.0] and m["a"] == [0.1, -2.5e-300]
+    assert m["step"].tolist() == [0.0, 1.0] and m["a"].tolist() == [0.1, -2.5e-300]
     assert m["b"][0] == 1 / 3 and math.isnan(m["b"][1])
 
 

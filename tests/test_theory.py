@@ -9,6 +9,7 @@ import pytest
 
 from bnspike import analysis, config, theory
 from bnspike.data import compute_facts, load_data
+from bnspike.sinks import read_metrics
 from tests.conftest import CONFIGS, run_config
 
 
@@ -90,6 +91,23 @@ def test_aligned_factor_is_the_ratio_eta_sharpness_over_kappa_at_alignment(non_w
 def _problem(*overrides):
     cfg = config.load(CONFIGS / "whitened_spike.yaml", list(overrides))
     return theory.problem(cfg, load_data(cfg).facts)
+
+
+def test_reference_in_chunks_is_the_whole_map_and_theory_csv_holds_it_exactly(tmp_path):
+    """The map's state crosses chunk boundaries exactly; theory.csv round-trips every float."""
+    pr = _problem("data.whiten=none", "data.spectrum=linear", "optim.lr_w=0.1", "optim.steps=300")
+    whole = theory.reference(pr)
+    chunks = list(theory.reference_chunks(pr, size=7))
+    assert len(chunks) == 43
+    for tag, values in whole.items():
+        np.testing.assert_array_equal(np.concatenate([c[tag] for c in chunks]), values, err_msg=tag)
+    theory.save(tmp_path, pr)
+    on_disk = read_metrics(tmp_path / analysis.THEORY_CSV)
+    assert list(on_disk) == ["step", *theory.TAGS]
+    for tag, values in on_disk.items():
+        np.testing.assert_array_equal(values, whole[tag], err_msg=tag)
+    # the prediction from the series save kept while writing is the one from the whole map
+    assert json.loads((tmp_path / analysis.THEORY_JSON).read_text()) == json.loads(json.dumps(theory.predict(pr)))
 
 
 def test_whitened_recursion_equals_the_closed_form_map():

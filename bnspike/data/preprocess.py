@@ -10,7 +10,6 @@ so the run can log it. Nothing is guessed: a step that cannot be done raises Dat
 from __future__ import annotations
 
 import numpy as np
-import scipy.linalg
 
 from .core import DataError, Origin
 
@@ -49,6 +48,8 @@ def whiten(X: np.ndarray, dc: dict, origin: Origin) -> np.ndarray:
     if evals[d - k] <= SINGULAR * evals[-1]:
         raise DataError(_singular_message(n, d, k, evals, evecs, origin))
     if method == "cholesky":
+        import scipy.linalg  # deferred: ~20 MB of imports that only this whitening needs
+
         L = np.linalg.cholesky(cov)
         return scipy.linalg.solve_triangular(L, X.T, lower=True).T
     # eigenvector signs are LAPACK's choice: fix them (largest loading positive) so pca is reproducible

@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.optimize
 
 from .core import DataError, Origin, Raw
 
@@ -88,6 +87,8 @@ def max_margin(Z: np.ndarray, y: np.ndarray) -> MaxMargin | None:
     must sit on the margin (y_i <w, z_i> = 1 to 1e-10): the KKT conditions of the problem.
     (libsvm's SVC stores its kernel in float32 and reaches only ~1e-7 here, slowly.)
     """
+    import scipy.optimize  # deferred: ~20 MB of imports that only max-margin directions need
+
     G = y[:, None] * Z
     n, d = G.shape
     E = np.vstack([G.T, np.ones((1, n))])
