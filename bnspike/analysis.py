@@ -32,6 +32,7 @@ SPIKE_RATIO = 1.1  # an excursion counts as a spike when the excess rises 10% ab
 DIRECTION_FACTOR = 100.0
 # Rises smaller than this fraction of the largest excess are round-off at the loss floor.
 RESOLUTION = 1e-9
+PLOT_POINTS = 4096  # per series drawn: a figure's panel is about 600 pixels wide
 
 THEORY_CSV, THEORY_JSON = "theory.csv", "theory.json"
 # Measured series compared with the reference trajectory up to the crossing.
@@ -172,6 +173,35 @@ def summarize(run: tuple[dict, dict, dict]) -> dict:
     if prediction:
         out["predicted"] = {k: prediction.get(k) for k in ("regime", "T_cross", "onset_estimate")}
     return out
+
+
+def extremes(values: np.ndarray, points: int = PLOT_POINTS) -> np.ndarray:
+    """Indices of at most `points` samples that draw like the whole series: of each block of
+    consecutive samples, its smallest and largest value, in order (NaN where the whole block
+    has no value)."""
+    if values.size <= points:
+        return np.arange(values.size)
+    per = -(-values.size // (points // 2))  # samples per block
+    blocks = np.concatenate([values, np.full(-values.size % per, np.nan)]).reshape(-1, per)
+    nan = np.isnan(blocks)
+    low, high = np.argmin(np.where(nan, np.inf, blocks), axis=1), np.argmax(np.where(nan, -np.inf, blocks), axis=1)
+    return (np.arange(len(blocks))[:, None] * per + np.sort(np.stack([low, high], axis=1), axis=1)).ravel()
+
+
+def thin(run: tuple[dict, dict, dict], summary: dict, points: int = PLOT_POINTS) -> tuple[dict, dict, dict]:
+    """The run (as `load_run` returns it) at the steps a figure of it needs: every series' block
+    `extremes` and the analysed events' steps, so spikes, floors, round-off dips and the marker
+    values stay exact. matplotlib holds about 60 bytes per point of a line: drawn in full, a
+    1e5-step run costs tens of MB for detail finer than a pixel."""
+    def keep(series: dict, steps: list[int]) -> dict:
+        if not series:
+            return series
+        picks = [extremes(values, points) for tag, values in series.items() if tag != "step"]
+        rows = np.unique(np.concatenate([*picks, np.searchsorted(series["step"], steps)]))
+        return {tag: values[rows] for tag, values in series.items()}
+
+    measured, reference, prediction = run
+    return keep(measured, list(events(summary).values())), keep(reference, []), prediction
 
 
 def value_at(series: dict[str, np.ndarray], tag: str, step: int) -> float:

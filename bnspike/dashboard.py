@@ -88,7 +88,7 @@ def start(sink, reference: pathlib.Path | None, logged_steps: Iterable[int]) -> 
 
 def finish(run_dir: pathlib.Path, summary: dict, run: tuple[dict, dict, dict]) -> None:
     """The verdict into TensorBoard: analysis table as text, marker points, report figure.
-    `run`: analysis.load_run's series, which `summary` analyses."""
+    `run`: analysis.load_run's series (or `analysis.thin` of them), which `summary` analyses."""
     from . import report  # matplotlib: loaded at the end of a run, not held while it trains
 
     measured = run[0]

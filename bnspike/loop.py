@@ -190,6 +190,7 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
         summary["resumed_from_step"] = start
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if outcome["status"] != "interrupted" and summary["logged_steps"]:  # a resumed run gets it at its end
+        run = analysis.thin(run, summary)  # what the report draws: the full series go before matplotlib comes
         dashboard.finish(run_dir, summary, run)
     return summary
 

@@ -24,31 +24,11 @@ MARKER_STYLE = {"directional_onset": ("align/sin2", "v", "tab:purple"),
                 "recovery": ("loss/excess", "o", "tab:green")}
 
 
-# Points per drawn line: a panel is about 600 pixels wide.
-PLOT_POINTS = 4096
-
-
-def envelope(steps: np.ndarray, values: np.ndarray, points: int = PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most `points` samples that draw like the whole series: of each block of consecutive
-    samples, its smallest and largest value, in step order (NaN, a step without a value, only
-    where the whole block has none). matplotlib holds about 60 bytes per point of a line: drawn
-    in full, a 1e5-step run costs tens of MB for detail finer than a pixel; here every spike,
-    floor and round-off dip keeps its exact value."""
-    per = -(-values.size // (points // 2))  # samples per block
-    if per <= 1:
-        return steps, values
-    blocks = np.concatenate([values, np.full(-values.size % per, np.nan)]).reshape(-1, per)
-    nan = np.isnan(blocks)
-    low, high = np.argmin(np.where(nan, np.inf, blocks), axis=1), np.argmax(np.where(nan, -np.inf, blocks), axis=1)
-    pick = (np.arange(len(blocks))[:, None] * per + np.sort(np.stack([low, high], axis=1), axis=1)).ravel()
-    return steps[pick], values[pick]
-
-
 def _plot(ax, measured, reference, tag, label, log=False):
     if tag in measured:
-        ax.plot(*envelope(measured["step"], measured[tag]), lw=1.4, label=f"{label} (run)")
+        ax.plot(measured["step"], measured[tag], lw=1.4, label=f"{label} (run)")
     if tag in reference:
-        ax.plot(*envelope(reference["step"], reference[tag]), "--", lw=1.0, label=f"{label} (theory)")
+        ax.plot(reference["step"], reference[tag], "--", lw=1.0, label=f"{label} (theory)")
     if log:
         ax.set_yscale("log")
 
@@ -56,12 +36,13 @@ def _plot(ax, measured, reference, tag, label, log=False):
 def figure(run_dir: pathlib.Path, summary: dict | None = None, run: tuple | None = None):
     """(figure, markers): markers maps each analysed event to the (step, value) drawn for it.
 
-    `run` (analysis.load_run's series) and `summary` (their analysis): what the caller already
-    has (the end of training does); read and analysed here otherwise.
+    `run` (analysis.load_run's series, or `analysis.thin` of them) and `summary` (their
+    analysis): what the caller already has (the end of training does); read and analysed here
+    otherwise.
     """
     run = run or analysis.load_run(run_dir)
-    measured, reference, prediction = run
     summary = summary or analysis.summarize(run)
+    measured, reference, prediction = analysis.thin(run, summary)
     story = summary["measured"]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.91, wspace=0.15, hspace=0.18)

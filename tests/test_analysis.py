@@ -105,27 +105,38 @@ def test_report_png_marks_the_analysed_steps(default_run):
         assert y == pytest.approx(want), name
 
 
-def test_report_draws_the_envelope_of_long_series():
-    """Of every block of consecutive steps the drawn line keeps the smallest and largest value, in
+def test_extremes_keep_every_block_extreme_in_step_order():
+    """Of every block of consecutive steps a drawn line keeps the smallest and largest value, in
     step order; a block with no value at all stays a gap."""
     rng = np.random.default_rng(0)
-    steps = np.arange(100_003, dtype=float)
-    values = np.exp(rng.standard_normal(steps.size))
+    values = np.exp(rng.standard_normal(100_003))
     values[5_000], values[6_000] = 1e6, -1e-3  # a spike, a round-off dip below the floor
     values[7_000:9_500] = np.nan  # steps without a value
-    x, y = report.envelope(steps, values, points=1000)
+    rows = analysis.extremes(values, points=1000)
     per, blocks = 201, 498  # ceil(100003 / 500) steps per block, ceil(100003 / 201) blocks
-    assert y.size == 2 * blocks and np.all(np.diff(x) >= 0)
+    assert rows.size == 2 * blocks and np.all(np.diff(rows) >= 0)
     for block in range(blocks):
-        got, want = y[2 * block: 2 * block + 2], values[block * per: (block + 1) * per]
-        assert steps[block * per] <= x[2 * block] <= x[2 * block + 1] < steps[block * per] + per
+        got, want = values[rows[2 * block: 2 * block + 2]], values[block * per: (block + 1) * per]
+        assert block * per <= rows[2 * block] and rows[2 * block + 1] < (block + 1) * per
         if np.isnan(want).all():
             assert np.isnan(got).all()
         else:
             assert sorted(got) == [np.nanmin(want), np.nanmax(want)]
-    short = np.arange(10.0)
-    x, y = report.envelope(short, short ** 2, points=1000)  # fewer steps than points: as they are
-    assert x is short and y.tolist() == (short ** 2).tolist()
+    assert analysis.extremes(values[:999], points=1000).tolist() == list(range(999))  # short: all
+
+
+def test_thinned_run_keeps_the_extremes_and_the_marked_steps_exactly(default_run):
+    run = analysis.load_run(default_run.dir)
+    measured, reference, prediction = analysis.thin(run, default_run.summary, points=20)
+    assert 20 <= measured["step"].size < 100 and 20 <= reference["step"].size < 100
+    assert prediction is run[2]
+    for series, full in ((measured, run[0]), (reference, run[1])):
+        rows = np.searchsorted(full["step"], series["step"])
+        for tag, values in series.items():
+            np.testing.assert_array_equal(values, full[tag][rows], err_msg=tag)  # rows of the run, unchanged
+        assert np.nanmax(series["loss/excess"]) == np.nanmax(full["loss/excess"])
+    for step in analysis.events(default_run.summary).values():
+        assert analysis.value_at(measured, "loss/excess", step) == default_run.metrics["loss/excess"][step]
 
 
 def test_report_image_in_the_event_file_is_the_png(default_run):
