@@ -114,7 +114,8 @@ def child(variant: str, n: int, d: int, steps: int) -> dict:
                     out["side_cpu_seconds"] += time.process_time() - c0
             return wrapper
 
-        # what the loop calls (theory.save computes the reference map and the prediction)
+        # what the loop calls: the reference map is computed, saved and predicted from as
+        # dashboard.start consumes it
         for module, name in ((theory, "problem"), (theory, "save"), (dashboard, "start"), (dashboard, "finish"),
                              (analysis, "load_run"), (analysis, "summarize")):
             setattr(module, name, timed(getattr(module, name)))

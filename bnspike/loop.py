@@ -126,15 +126,17 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     w_param, alpha_param, beta_param = model.w, model.alpha, model.beta
     start = checkpoint.restore(run_dir, parts) if resume else 0
 
+    # The reference map, chunk by chunk: to theory.csv and theory.json (a new run) and to the
+    # TensorBoard overlay (dashboard.start consumes it), never held whole.
+    reference = theory.reference_chunks(problem) if problem else ()
     if not resume:
         (run_dir / "config.yaml").write_text(config.dump(cfg))
-        if problem:  # the reference map streamed to theory.csv, and the prediction
-            theory.save(run_dir, problem)
+        if problem:
+            reference = theory.save(run_dir, problem, reference)
     flush_secs, checkpoint_every = cfg["log"]["flush_secs"], cfg["checkpoint"]["every"]
     sinks = [TensorBoardSink(run_dir, flush_secs, purge_step=start if resume else None),
              CSVSink(run_dir, flush_secs, append=resume)]
-    dashboard.start(sinks[0], run_dir / analysis.THEORY_CSV if problem else None,
-                    (t for t in range(start, steps) if t % every == 0 or t == steps - 1))
+    dashboard.start(sinks[0], reference, (t for t in range(start, steps) if t % every == 0 or t == steps - 1))
     progress = Progress(steps, cfg["log"]["progress"], initial=start)
     outcome = {"status": "finished"}
     stop = _StopOnSignal()

@@ -34,7 +34,7 @@ import json
 import math
 import pathlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -293,20 +293,22 @@ def format_table(prediction: dict) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
 
 
-def save(run_dir: pathlib.Path, pr: Problem) -> None:
-    """theory.csv (the reference map at full float64 precision, written chunk by chunk as it is
-    computed) and theory.json (the prediction)."""
+def save(run_dir: pathlib.Path, pr: Problem, chunks: Iterable[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+    """Pass the reference map's chunks through, writing each to theory.csv (full float64
+    precision) as it goes by and, after the last, theory.json (the prediction): one pass of the
+    map feeds these files and whatever consumes the chunks (the run's TensorBoard overlay)."""
     run_dir = pathlib.Path(run_dir)
     kept = {} if pr.facts.whitened else {tag: [] for tag in PREDICTED_FROM}  # what predict reads
     with open(run_dir / analysis.THEORY_CSV, "x", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["step", *TAGS])
-        for chunk in reference_chunks(pr):
+        for chunk in chunks:
             # Python floats column by column (numpy's per-element indexing is the slow part);
             # repr of a float is its shortest exact form
             columns = [[repr(v) for v in chunk[tag].tolist()] for tag in TAGS]
             writer.writerows(zip(chunk["step"].astype(int).tolist(), *columns))
             for tag, parts in kept.items():
                 parts.append(chunk[tag])
+            yield chunk
     prediction = predict(pr, {tag: np.concatenate(parts) for tag, parts in kept.items()} or None)
     (run_dir / analysis.THEORY_JSON).write_text(json.dumps(prediction, indent=2) + "\n")
