@@ -29,7 +29,6 @@ checked against real nn.BatchNorm1d runs by tests/test_theory*.py):
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import pathlib
@@ -300,13 +299,13 @@ def save(run_dir: pathlib.Path, pr: Problem, chunks: Iterable[dict[str, np.ndarr
     run_dir = pathlib.Path(run_dir)
     kept = {} if pr.facts.whitened else {tag: [] for tag in PREDICTED_FROM}  # what predict reads
     with open(run_dir / analysis.THEORY_CSV, "x", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["step", *TAGS])
+        fh.write(",".join(["step", *TAGS]) + "\n")
         for chunk in chunks:
             # Python floats column by column (numpy's per-element indexing is the slow part);
-            # repr of a float is its shortest exact form
-            columns = [[repr(v) for v in chunk[tag].tolist()] for tag in TAGS]
-            writer.writerows(zip(chunk["step"].astype(int).tolist(), *columns))
+            # repr of a float is its shortest exact form. Plain joins: nothing here needs quoting.
+            columns = [map(repr, chunk[tag].tolist()) for tag in TAGS]
+            steps = map(str, chunk["step"].astype(int).tolist())
+            fh.write("".join(",".join(row) + "\n" for row in zip(steps, *columns)))
             for tag, parts in kept.items():
                 parts.append(chunk[tag])
             yield chunk

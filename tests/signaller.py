@@ -16,5 +16,8 @@ class Signaller(Probe):
     def __call__(self, state):
         if state.step == self.step:
             for _ in range(self.times):
-                os.kill(os.getpid(), self.signal)
+                # raise_signal, not os.kill: the kernel may deliver os.kill's signal to another
+                # thread (the event writer's timer) and two of them can then coalesce into one
+                # before Python's handler runs; raise_signal runs the handler before returning.
+                signal.raise_signal(self.signal)
         return {}
