@@ -120,7 +120,7 @@ SCHEMA: dict[str, Any] = {
         "sharpness_every": Field(I, 1, min=0, help="0 turns the sharpness probe off"),
         "sharpness_tol": Field(F, 1e-10, positive=True),
         "sharpness_max_iter": Field(I, 64, positive=True, help="Lanczos products before the dense fallback"),
-        "sharpness_dense_max": Field(I, 64, min=0, help="exact dense Hessian up to this d"),
+        "sharpness_dense_max": Field(I, 64, min=0, help="autograd method: exact dense Hessian up to this d"),
         "sharpness_method": Field(S, "auto", choices=("auto", "closed_form", "autograd"),
                                   help="auto: the exact closed form for bn_linear + square loss, else autograd"),
         "extra": Field(L, [], item=S, help="user probes as 'package.module:Name'"),

@@ -2,7 +2,7 @@
 identical, byte for byte, to a run that was never stopped (float64, CPU).
 
 The run is signalled by tests.signaller (a probe that sends a real signal to its own process at a
-chosen step). Sharpness uses warm-started Lanczos (dense_max=0) so the probe's carried state,
+chosen step). Sharpness uses warm-started Lanczos (autograd, dense_max=0) so the probe's carried state,
 its eigenvector and random generator, must survive the checkpoint too.
 """
 import json
@@ -24,7 +24,8 @@ from bnspike.sinks import read_metrics
 from tests.conftest import CONFIGS, ROOT, assert_same_metrics
 
 SPIKE = CONFIGS / "whitened_spike.yaml"
-BASE = ["optim.steps=150", "probes.sharpness_every=25", "probes.sharpness_dense_max=0", "log.progress=none"]
+BASE = ["optim.steps=150", "probes.sharpness_every=25", "probes.sharpness_method=autograd", "probes.sharpness_dense_max=0",
+        "log.progress=none"]
 SIGNALLED = BASE + ["probes.extra=['tests.signaller:Signaller']"]
 # The signalled step: random, past a checkpoint (every 25) and before the last sharpness step
 # (125), so truncation, purge and the probe's state all matter. Failing asserts print it;
