@@ -32,7 +32,7 @@ test: $(INSTALLED)
 # Instrumentation cost against a bare PyTorch loop (minutes; not part of `make test`):
 # writes bench/results.md and bench/results.json. BENCH_ARGS=--help lists the knobs.
 BENCH_ARGS ?=
-bench: $(BIN)/.installed
+bench: $(INSTALLED)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$(BIN)/python" bench/bench.py $(BENCH_ARGS)
 
 # Every point of every series (the default serves 1,000 samples and hides a short spike;
@@ -45,6 +45,6 @@ clean-venv:
 	rm -rf "$(VENV)"
 
 # The multi-panel figure of a finished run: make report RUN=runs/whitened_spike-...
-report: $(BIN)/.installed
+report: $(INSTALLED)
 	@test -n "$(RUN)" || { echo "make report: set RUN=<run directory>, e.g. RUN=runs/whitened_spike-20260101-120000"; exit 2; }
 	"$(BIN)/bnspike" report "$(RUN)"
