@@ -1,17 +1,29 @@
 """`make bench`: what bnspike's per-step instrumentation costs against a bare PyTorch loop.
 
-For each (n, d) it times, in fresh processes, interleaved round by round (the median is kept):
+For each (n, d):
   (a) a hand-written full-batch GD loop for the same model: no probes, no logging;
+  (u) bnspike `train()` logging only its first and last step (probes.every = steps): the
+      loop's own step, without the instrumentation;
   (b) bnspike `train()` with every built-in probe except sharpness, TensorBoard + CSV every step;
   (c) the same plus sharpness every step (exact closed form: the default for this model);
   (d) (c) with probes.sharpness_method=autograd, what any other model or loss gets;
   (e) once per size: (a) with the model through torch.compile, against (a) eager.
-A step's cost is the slope of process CPU time between a short and a long run (on a quiet
-machine with one torch thread CPU time is the wall time; on a shared machine it is far less
-noisy), so what every run pays once (theory, report figure) is reported apart.
+
+How (a) is set against (u), (b), (c), (d): PAIRED BLOCKS in one process. While bnspike trains,
+every `block` of its optimizer steps hands over to the bare loop (its own model, optimizer and
+copy of the data), which takes `block` steps of its own; then bnspike goes on. Each block is
+timed in the main thread's CPU time, and the bnspike threads' own CPU time (the event writer's
+timer) is added to bnspike's share. So (a) and (b) are timed milliseconds apart, under the same
+load, cache and CPU frequency: on a shared machine, where the bare step alone varies by 2x from
+minute to minute, the ratio stays put. The ratio is total bnspike block time over total bare
+block time (no median: a flush or a checkpoint in a block is a real cost), median over rounds
+(fresh processes); every round is kept in results.json.
+What a run pays outside the training loop (the theory map and overlay before step 0, the
+analysis and report after the last step) is timed in the same process and reported apart.
+
 It also measures the cost of each part of (b) on a real step state, the event-file bytes per
 scalar point (against SummaryWriter.add_scalar's encoding), and peak resident memory of (a) and
-(b), and of (b) at two run lengths. Torch runs on ONE thread everywhere (stated in the table).
+(b) (fresh processes, each alone), and of (b) at two run lengths. Torch runs on ONE thread.
 Writes bench/results.md and bench/results.json. Not part of `make test`: timings are never
 asserted.
 """
@@ -31,8 +43,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZES = [(1000, 16), (1000, 256), (20000, 64)]
-VARIANTS = {"a": "bare PyTorch loop", "b": "bnspike, all probes but sharpness", "c": "bnspike, all probes",
-            "d": "bnspike, all probes, sharpness by autograd (any model and loss)"}
+VARIANTS = {"u": "bnspike, only the first and last step logged", "b": "bnspike, all probes but sharpness",
+            "c": "bnspike, all probes", "d": "bnspike, all probes, sharpness by autograd (any model and loss)"}
+BLOCK_CPU_S = 0.01  # CPU time of one bare block: short enough to follow the load, long enough to time
 
 
 def overrides(n: int, d: int, steps: int, variant: str) -> list[str]:
@@ -41,7 +54,7 @@ def overrides(n: int, d: int, steps: int, variant: str) -> list[str]:
     method = "autograd" if variant == "d" else "auto"
     return [f"data.n={n}", f"data.d={d}", "data.whiten=none", "data.spectrum=linear", f"optim.steps={steps}",
             f"probes.sharpness_every={int(variant in 'cd')}", f"probes.sharpness_method={method}",
-            "log.progress=none"]
+            f"probes.every={steps if variant == 'u' else 1}", "log.progress=none"]
 
 
 def load_cfg(n, d, steps, variant):
@@ -51,102 +64,187 @@ def load_cfg(n, d, steps, variant):
 
 # ---------------------------------------------------------------- (a): the bare loop
 
-def bare_loop(X, y, lr_w: float, lr_alpha: float, eps: float, steps: int, compiled: bool = False) -> float:
+class BareLoop:
     """What a researcher writes without bnspike: same modules, same optimizer, nothing logged.
     `compiled`: the model through torch.compile (variant e: does a compiled step pay here?)."""
+
+    def __init__(self, X, y, lr_w: float, lr_alpha: float, eps: float, compiled: bool = False):
+        import torch
+        from torch import nn
+
+        self.X, self.y = X.clone(), y.clone()  # its own copy, as a separate script would have
+        linear = nn.Linear(X.shape[1], 1, bias=False).to(X.dtype)
+        bn = nn.BatchNorm1d(1, eps=eps).to(X.dtype)
+        bn.bias.requires_grad_(False)
+        model = nn.Sequential(linear, bn)
+        self.forward = torch.compile(model) if compiled else model
+        self.opt = torch.optim.SGD([{"params": [linear.weight], "lr": lr_w}, {"params": [bn.weight], "lr": lr_alpha}])
+
+    def run(self, steps: int):
+        X, y, forward, opt = self.X, self.y, self.forward, self.opt
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = 0.5 * ((forward(X).squeeze(-1) - y) ** 2).mean()
+            loss.backward()
+            opt.step()
+        return loss
+
+
+def bare_for(cfg, compiled: bool = False) -> BareLoop:
     import torch
-    from torch import nn
-
-    d = X.shape[1]
-    linear = nn.Linear(d, 1, bias=False).to(X.dtype)
-    bn = nn.BatchNorm1d(1, eps=eps).to(X.dtype)
-    bn.bias.requires_grad_(False)
-    model = nn.Sequential(linear, bn)
-    forward = torch.compile(model) if compiled else model
-    opt = torch.optim.SGD([{"params": [linear.weight], "lr": lr_w}, {"params": [bn.weight], "lr": lr_alpha}])
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = 0.5 * ((forward(X).squeeze(-1) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-    return loss.item()
-
-
-def child(variant: str, n: int, d: int, steps: int) -> dict:
-    """One timed run in this (fresh) process; prints JSON."""
-    import torch
-    torch.set_num_threads(1)
     from bnspike.data import load_data
 
-    warm_up = variant != "m"  # "m": (b) with nothing run before it, for memory
-    variant = "b" if variant == "m" else variant
+    data = load_data(cfg)
+    return BareLoop(torch.as_tensor(data.X), torch.as_tensor(data.y), cfg["optim"]["lr_w"],
+                    cfg["optim"]["lr_alpha"], cfg["model"]["eps"], compiled)
+
+
+class Pacer:
+    """Alternates blocks of bnspike's steps with blocks of the bare loop's, timing each.
+
+    `wrap` goes around bnspike's optimizer step: after every `block` of them the bare loop runs
+    `block` steps. A bnspike block (from one hand-over to the next) is exactly `block` whole
+    steps of the loop: forward, backward, update, probes, sinks, a checkpoint when due. The
+    first `warm` blocks of each side are not counted (torch's lazy initialisation).
+    """
+
+    def __init__(self, bare: BareLoop, block: int, warm: int = 2):
+        self.bare, self.block, self.warm = bare, block, max(warm, 1)
+        self.steps = self.blocks = self.counted = 0
+        self.mark = None  # (thread CPU, wall) when bnspike's current block began
+        self.start = None  # (process CPU, thread CPU) when the first counted block began
+        self.cpu = {"a": 0.0, "bnspike": 0.0}
+        self.wall = {"a": 0.0, "bnspike": 0.0}
+
+    def wrap(self, step):
+        def paced_step():
+            step()
+            self.steps += 1
+            if self.steps % self.block == 0:
+                self.hand_over()
+        return paced_step
+
+    def hand_over(self) -> None:
+        """bnspike's block number `self.blocks` ends here; the bare loop's runs; bnspike's next begins."""
+        counting = self.blocks >= self.warm
+        cpu, wall = time.thread_time(), time.perf_counter()
+        if counting:
+            self.cpu["bnspike"] += cpu - self.mark[0]
+            self.wall["bnspike"] += wall - self.mark[1]
+        self.bare.run(self.block)
+        cpu2, wall2 = time.thread_time(), time.perf_counter()
+        if counting:
+            self.cpu["a"] += cpu2 - cpu
+            self.wall["a"] += wall2 - wall
+            self.counted += 1
+        elif self.blocks == self.warm - 1:
+            self.start = (time.process_time(), cpu2)
+        self.mark = (cpu2, wall2)
+        self.blocks += 1
+
+    def result(self) -> dict:
+        """Microseconds per step of each side; bnspike's includes its other threads' CPU time."""
+        if not self.counted:
+            raise RuntimeError("benchmark: too few steps for one counted block pair; raise --seconds")
+        process, thread = time.process_time(), time.thread_time()
+        other_threads = (process - self.start[0]) - (thread - self.start[1])
+        steps = self.counted * self.block
+        return {"a_us": self.cpu["a"] / steps * 1e6, "bnspike_us": (self.cpu["bnspike"] + other_threads) / steps * 1e6,
+                "other_threads_us": other_threads / steps * 1e6, "a_wall_us": self.wall["a"] / steps * 1e6,
+                "bnspike_wall_us": self.wall["bnspike"] / steps * 1e6, "counted_steps": steps, "block": self.block}
+
+
+def paired(variant: str, n: int, d: int, steps: int, block: int) -> dict:
+    """One round of (a) against bnspike `variant`, paired block by block in this process."""
+    import torch
+    torch.set_num_threads(1)
+    from bnspike import analysis, dashboard, loop, theory
+    from bnspike.sinks import read_metrics
+
     cfg = load_cfg(n, d, steps, variant)
+    pacer = Pacer(bare_for(cfg), block)
+    build_optimizer = loop.build_optimizer
+
+    def paced_optimizer(cfg, model):
+        optimizer = build_optimizer(cfg, model)
+        optimizer.step = pacer.wrap(optimizer.step)
+        return optimizer
+
+    # Outside the training loop: the theory before step 0 (the map is computed, saved and
+    # overlaid as dashboard.start consumes it) and the end of the run (analysis, report).
+    outside = {"theory": 0.0, "end": 0.0}
+
+    def timed(fn, part):
+        def wrapper(*a, **k):
+            c0 = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                outside[part] += time.process_time() - c0
+        return wrapper
+
+    patched = [(theory, "problem", "theory"), (theory, "save", "theory"), (dashboard, "start", "theory"),
+               (analysis, "load_run", "end"), (analysis, "summarize", "end"), (dashboard, "finish", "end")]
+    for module, name, part in patched:
+        setattr(module, name, timed(getattr(module, name), part))
+    with tempfile.TemporaryDirectory() as tmp:
+        warm, run_dir = pathlib.Path(tmp) / "warm-up", pathlib.Path(tmp) / "run"
+        warm.mkdir()
+        run_dir.mkdir()
+        loop.train(load_cfg(n, d, 3, variant), warm)  # imports, first calls: not what a step costs
+        outside.update(theory=0.0, end=0.0)
+        loop.build_optimizer = paced_optimizer
+        c0 = time.process_time()
+        summary = loop.train(cfg, run_dir)
+        out = {**pacer.result(), "run_cpu_s": time.process_time() - c0, "steps": steps, "status": summary["status"],
+               "theory_cpu_s": outside["theory"], "end_cpu_s": outside["end"]}
+        out["event_bytes"], out["scalar_points"] = scalar_event_bytes(run_dir)
+        out["csv_bytes"] = (run_dir / "metrics.csv").stat().st_size
+        metrics = read_metrics(run_dir / "metrics.csv")
+        out["tags"] = [t for t in metrics if t != "step"]
+        out["logged_steps"] = summary["logged_steps"]
+        if "stability/sharpness_products" in metrics:
+            out["products_per_step"] = float(metrics["stability/sharpness_products"].mean())
+    return out
+
+
+# ---------------------------------------------------------------- alone: memory, compile
+
+def alone(variant: str, n: int, d: int, steps: int) -> dict:
+    """One run in this (fresh) process with nothing else: its peak resident memory ("a": the
+    bare loop; "b": bnspike), or (e) the bare loop eager then compiled."""
+    import torch
+    torch.set_num_threads(1)
+    cfg = load_cfg(n, d, steps, "b")
     out = {}
     if variant in "ae":  # imports nothing of bnspike's loop, probes or sinks
-        data = load_data(cfg)
-        X, y = torch.as_tensor(data.X), torch.as_tensor(data.y)
-        args = (X, y, cfg["optim"]["lr_w"], cfg["optim"]["lr_alpha"], cfg["model"]["eps"])
         c0 = time.process_time()
-        # warm-up: torch's one-time lazy initialisation (and e's compilation) is not a per-step cost
-        bare_loop(*args, 3, compiled=variant == "e")
+        bare = bare_for(cfg, compiled=variant == "e")
+        bare.run(3)  # warm-up (and e's compilation)
         out["warm_up_cpu_seconds"] = time.process_time() - c0
         if variant == "e":  # the same process, eager then compiled: one comparison under one load
+            eager = bare_for(cfg)
+            eager.run(3)
             c0 = time.process_time()
-            bare_loop(*args, steps)
+            eager.run(steps)
             out["eager_cpu_seconds"] = time.process_time() - c0
-        t0, c0 = time.perf_counter(), time.process_time()
-        bare_loop(*args, steps, compiled=variant == "e")
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+        c0 = time.process_time()
+        bare.run(steps)
+        out["cpu_seconds"] = time.process_time() - c0
+        out["train_rss_mb"] = out["run_rss_mb"] = peak_rss_mb()
     else:
-        from bnspike import analysis, dashboard, loop, theory
-        from bnspike.sinks import read_metrics
+        from bnspike import analysis, loop
 
-        # The theory beside the run, the end-of-run analysis and the report figure are timed
-        # apart ("side"), so what the per-step instrumentation costs can be told from them.
-        out["side_cpu_seconds"] = 0.0
-
-        def timed(fn):
-            def wrapper(*a, **k):
-                c0 = time.process_time()
-                try:
-                    return fn(*a, **k)
-                finally:
-                    out["side_cpu_seconds"] += time.process_time() - c0
-            return wrapper
-
-        # what the loop calls: the reference map is computed, saved and predicted from as
-        # dashboard.start consumes it
-        for module, name in ((theory, "problem"), (theory, "save"), (dashboard, "start"), (dashboard, "finish"),
-                             (analysis, "load_run"), (analysis, "summarize")):
-            setattr(module, name, timed(getattr(module, name)))
         load_run = analysis.load_run
 
         def peak_then_load(run_dir):  # the peak of training itself, before the run is read back
-            out.setdefault("train_rss_mb", peak_rss_mb())  # the first call: later ones read the run
+            out.setdefault("train_rss_mb", peak_rss_mb())
             return load_run(run_dir)
 
         analysis.load_run = peak_then_load
-        train = loop.train
-
         with tempfile.TemporaryDirectory() as tmp:
-            warm, run_dir = pathlib.Path(tmp) / "warm-up", pathlib.Path(tmp) / "run"
-            warm.mkdir()
-            run_dir.mkdir()
-            if warm_up:
-                train(load_cfg(n, d, 3, variant), warm)
-            out["side_cpu_seconds"] = 0.0
-            t0, c0 = time.perf_counter(), time.process_time()
-            summary = train(cfg, run_dir)
-            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            out["run_rss_mb"] = peak_rss_mb()  # the whole run, before this benchmark reads it back
-            out["event_bytes"], out["scalar_points"] = scalar_event_bytes(run_dir)
-            out["csv_bytes"] = (run_dir / "metrics.csv").stat().st_size
-            metrics = read_metrics(run_dir / "metrics.csv")
-            out["tags"] = [t for t in metrics if t != "step"]
-            out["logged_steps"] = summary["logged_steps"]
-            if "stability/sharpness_products" in metrics:
-                out["products_per_step"] = statistics.mean(metrics["stability/sharpness_products"])
-    out.update(seconds=seconds, cpu_seconds=cpu, steps=steps, max_rss_mb=peak_rss_mb())
+            loop.train(cfg, pathlib.Path(tmp))
+            out["run_rss_mb"] = peak_rss_mb()
     return out
 
 
@@ -186,12 +284,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: an upper bound
 
 
-def spawn(variant: str, n: int, d: int, steps: int) -> dict:
+def spawn(*args) -> dict:
+    """Run this file as a child (`--child ...`) in a fresh process; its last stdout line is JSON."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, __file__, "--child", variant, str(n), str(d), str(steps)],
+    proc = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if proc.returncode:
-        raise RuntimeError(f"benchmark child {variant} {n}x{d} failed:\n{proc.stderr}")
+        raise RuntimeError(f"benchmark child {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -294,112 +393,128 @@ def machine() -> dict:
     import torch
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "torch_threads": 1, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "git": commit,
+            "python": platform.python_version(), "platform": platform.platform(), "git": commit + ("+" if dirty else ""),
             "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "load_avg_start": os.getloadavg()}
+
+
+def measure_size(n: int, d: int, seconds: float, repeats: int) -> dict:
+    parts = part_costs(n, d, 2000)
+    a_us = alone("a", n, d, 200)["cpu_seconds"] / 200 * 1e6  # a first guess, to size the runs
+    logged = sum(v for k, v in parts.items() if not k.startswith("sharpness")) + 50  # 50: the loop
+    guess = {"u": a_us, "b": a_us + logged, "c": a_us + logged + parts["sharpness probe, closed form"],
+             "d": a_us + logged + parts["sharpness probe, autograd (warm start)"]}
+    block = max(5, round(BLOCK_CPU_S / (a_us * 1e-6)))
+    rounds = {v: [] for v in VARIANTS}
+    for r in range(repeats):
+        for v in VARIANTS:
+            steps = max(10 * block, round(seconds / (guess[v] * 1e-6) / block) * block)
+            rounds[v].append(spawn("paired", v, n, d, steps, block))
+        print(f"{n}x{d} round {r + 1}: " + "  ".join(
+            f"{v} {x[-1]['bnspike_us']:.0f} us / a {x[-1]['a_us']:.0f} us" for v, x in rounds.items()), flush=True)
+    med = statistics.median
+    ratio = {v: med(x["bnspike_us"] / x["a_us"] for x in rs) for v, rs in rounds.items()}
+    b = rounds["b"][0]
+    # outside the loop, per step of the run: the theory map (one map step per run step) and the
+    # end of the run (analysis, report) over this run's length
+    theory_us = med(x["theory_cpu_s"] / x["steps"] * 1e6 for x in rounds["b"])
+    e_steps = max(50, round(2.0 / (a_us * 1e-6)))
+    e = spawn("alone", "e", n, d, e_steps)
+    return {
+        "n": n, "d": d, "block": block,
+        "us_per_step": {"a": med(x["a_us"] for rs in rounds.values() for x in rs),
+                        **{v: med(x["bnspike_us"] for x in rs) for v, rs in rounds.items()}},
+        "over_a": ratio,
+        "over_a_spread": {v: [min(x["bnspike_us"] / x["a_us"] for x in rs), max(x["bnspike_us"] / x["a_us"] for x in rs)]
+                          for v, rs in rounds.items()},
+        "b_with_theory_over_a": med((x["bnspike_us"] + x["theory_cpu_s"] / x["steps"] * 1e6) / x["a_us"] for x in rounds["b"]),
+        "theory_us_per_step": theory_us,
+        "end_of_run_cpu_s": med(x["end_cpu_s"] for x in rounds["b"]),
+        "autograd_products_per_step": rounds["d"][0]["products_per_step"],
+        "rounds": rounds,
+        "tags": b["tags"], "event_bytes_per_point": b["event_bytes"] / b["scalar_points"],
+        "event_bytes_per_1e5_steps": b["event_bytes"] / b["logged_steps"] * 1e5,
+        "csv_bytes_per_1e5_steps": b["csv_bytes"] / b["logged_steps"] * 1e5,
+        "parts_us": parts,
+        "torch_compile": {"compiled_us": e["cpu_seconds"] / e_steps * 1e6, "eager_us": e["eager_cpu_seconds"] / e_steps * 1e6,
+                          "compile_s": e["warm_up_cpu_seconds"]},
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="rounds of (a, b, c, d); the median is kept")
-    p.add_argument("--seconds", type=float, default=3.0, help="target CPU time of the long run of each variant")
+    p.add_argument("--repeats", type=int, default=3, help="rounds (fresh processes) of each variant; the median is kept")
+    p.add_argument("--seconds", type=float, default=3.0, help="bnspike CPU time of each paired run")
     p.add_argument("--memory-steps", type=int, nargs=2, default=[10_000, 100_000],
                    help="two run lengths of (b) at (1000, 16) for the memory slope")
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "bench")
     p.add_argument("--sizes", nargs="+", default=[f"{n}x{d}" for n, d in SIZES], help="n x d, e.g. 1000x16")
-    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--render", type=pathlib.Path, help="only rewrite results.md from this results.json")
     args = p.parse_args()
     if args.render:
-        report = json.loads(args.render.read_text())
-        (args.out / "results.md").write_text(markdown(report, report["memory_steps"]))
+        (args.out / "results.md").write_text(markdown(json.loads(args.render.read_text())))
         return
     if args.child:
-        v, n, d, steps = args.child
-        print(json.dumps(import_rss() if v == "imports" else child(v, int(n), int(d), int(steps))))
+        kind, *rest = args.child
+        if kind == "imports":
+            result = import_rss()
+        elif kind == "paired":
+            v, *numbers = rest
+            result = paired(v, *map(int, numbers))
+        else:
+            v, *numbers = rest
+            result = alone(v, *map(int, numbers))
+        print(json.dumps(result))
         return
 
     info = machine()
-    results = []
-    for n, d in (map(int, s.split("x")) for s in args.sizes):
-        # Per-step cost = slope between a short and a long run (CPU time), so the per-run fixed
-        # cost (theory, report figure, ...) is reported apart. Lengths aim at --seconds each.
-        parts = part_costs(n, d, 2000)
-        a_us = spawn("a", n, d, 200)["cpu_seconds"] / 200 * 1e6
-        b_us = a_us + sum(v for k, v in parts.items() if not k.startswith("sharpness")) + 50  # 50: the loop
-        guess = {"a": a_us, "b": b_us, "c": b_us + parts["sharpness probe, closed form"],
-                 "d": b_us + parts["sharpness probe, autograd (warm start)"]}
-        steps = {v: max(40, int(args.seconds / (guess[v] * 1e-6))) for v in VARIANTS}
-        runs = {v: [] for v in VARIANTS}
-        for r in range(args.repeats):
-            for v in VARIANTS:
-                short, long = spawn(v, n, d, steps[v] // 4), spawn(v, n, d, steps[v])
-                k = steps[v] - steps[v] // 4
-                per_step = (long["cpu_seconds"] - short["cpu_seconds"]) / k
-                side = (long.get("side_cpu_seconds", 0) - short.get("side_cpu_seconds", 0)) / k
-                runs[v].append({**long, "us_per_step": per_step * 1e6, "side_us_per_step": side * 1e6,
-                                "fixed_s": short["cpu_seconds"] - per_step * (steps[v] // 4)})
-            print(f"{n}x{d} round {r + 1}: " + "  ".join(
-                f"{v} {runs[v][-1]['us_per_step']:.0f} us" for v in VARIANTS), flush=True)
-        us = {v: statistics.median(x["us_per_step"] for x in runs[v]) for v in VARIANTS}
-        e = spawn("e", n, d, steps["a"])
-        compiled = {"compiled_us": e["cpu_seconds"] / steps["a"] * 1e6, "eager_us": e["eager_cpu_seconds"] / steps["a"] * 1e6,
-                    "compile_s": e["warm_up_cpu_seconds"]}
-        b, dd = runs["b"][0], runs["d"][0]
-        results.append({
-            "n": n, "d": d, "steps": steps, "us_per_step": us,
-            "fixed_cpu_s_per_run": {v: statistics.median(x["fixed_s"] for x in runs[v]) for v in VARIANTS},
-            # per step, inside theory/dashboard/analysis: (b) minus this is the instrumentation
-            "side_us_per_step": {v: statistics.median(x["side_us_per_step"] for x in runs[v]) for v in VARIANTS},
-            "autograd_products_per_step": dd["products_per_step"],
-            "steps_per_s": {v: 1e6 / us[v] for v in VARIANTS},
-            # ratios within a round (measured minutes apart, under the same load), then the median
-            **{f"{v}_over_a": statistics.median(x["us_per_step"] / y["us_per_step"] for x, y in zip(runs[v], runs["a"]))
-               for v in "bcd"},
-            "b_minus_side_over_a": statistics.median((x["us_per_step"] - x["side_us_per_step"]) / y["us_per_step"]
-                                                     for x, y in zip(runs["b"], runs["a"])),
-            "us_per_step_all": {v: [x["us_per_step"] for x in runs[v]] for v in VARIANTS},
-            "tags": b["tags"], "event_bytes_per_point": b["event_bytes"] / b["scalar_points"],
-            "event_bytes_per_1e5_steps": b["event_bytes"] / b["logged_steps"] * 1e5,
-            "csv_bytes_per_1e5_steps": b["csv_bytes"] / b["logged_steps"] * 1e5,
-            "max_rss_mb": {v: statistics.median(x.get("run_rss_mb", x["max_rss_mb"]) for x in runs[v]) for v in VARIANTS},
-            "parts_us": parts, "torch_compile": compiled,
-        })
+    results = [measure_size(n, d, args.seconds, args.repeats)
+               for n, d in (map(int, s.split("x")) for s in args.sizes)]
     standard = standard_event_bytes(results[0]["tags"])
     lengths = sorted(args.memory_steps)
-    memory = {"a": {str(k): spawn("a", 1000, 16, k)["max_rss_mb"] for k in lengths}}
-    long_runs = {str(k): spawn("m", 1000, 16, k) for k in lengths}
+    memory = {"a": {str(k): spawn("alone", "a", 1000, 16, k)["run_rss_mb"] for k in lengths}}
+    long_runs = {str(k): spawn("alone", "b", 1000, 16, k) for k in lengths}
     memory["b_training"] = {k: r["train_rss_mb"] for k, r in long_runs.items()}
     memory["b_whole_run"] = {k: r["run_rss_mb"] for k, r in long_runs.items()}
-    memory["imports"] = spawn("imports", 0, 0, 0)
+    memory["imports"] = spawn("imports")
     info["load_avg_end"] = os.getloadavg()
     report = {"machine": info, "results": results, "standard_event_bytes_per_point": standard,
               "memory_steps": lengths, "peak_rss_mb_1000x16": memory}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "results.md").write_text(markdown(report, lengths))
+    (args.out / "results.md").write_text(markdown(report))
     print((args.out / "results.md").read_text())
 
 
-def markdown(rep: dict, lengths: list[int]) -> str:
+def markdown(rep: dict) -> str:
     m = rep["machine"]
     lines = [f"Machine: {m['cpu']}, {m['logical_cores']} logical cores (shared; load average "
              f"{m['load_avg_start'][0]:.1f} at start, {m['load_avg_end'][0]:.1f} at end), torch {m['torch']} "
              f"on 1 thread, Python {m['python']}, commit {m['git']}, {m['date_utc']} UTC. "
-             "Per-step cost: median over the rounds of the slope of process CPU time between a run of N/4 and N steps; "
-             "ratios: median over the rounds of the ratio within a round.", "",
-             "| n x d | (a) bare steps/s | (b) steps/s | (c) steps/s | b/a | b/a without theory | c/a | "
-             "(d) autograd sharpness: d/a, Hessian-vector products / step | once per run, CPU s: a / b | "
-             "event bytes / point | event MB / 1e5 steps | peak RSS a / b (MB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(a) and each bnspike variant run in the same process, in alternating blocks of steps "
+             "(CPU time; bnspike's other threads counted in its share); median of the rounds, "
+             "[min, max] over them.", "",
+             "| n x d | (a) bare steps/s | (b) steps/s | (c) steps/s | u/a | b/a | c/a | "
+             "b/a with the theory map | d/a (autograd sharpness), Hessian-vector products / step |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rep["results"]:
-        s = r["steps_per_s"]
-        lines.append(f"| {r['n']} x {r['d']} | {s['a']:.0f} | {s['b']:.0f} | {s['c']:.0f} | "
-                     f"{r['b_over_a']:.2f} | {r['b_minus_side_over_a']:.2f} | {r['c_over_a']:.2f} | {r['d_over_a']:.1f}, "
-                     f"{r['autograd_products_per_step']:.1f} | "
-                     f"{r['fixed_cpu_s_per_run']['a']:.2f} / {r['fixed_cpu_s_per_run']['b']:.2f} | "
-                     f"{r['event_bytes_per_point']:.1f} | "
-                     f"{r['event_bytes_per_1e5_steps'] / 1e6:.1f} | {r['max_rss_mb']['a']:.0f} / {r['max_rss_mb']['b']:.0f} |")
+        us, ra, sp = r["us_per_step"], r["over_a"], r["over_a_spread"]
+
+        def cell(v):
+            return f"{ra[v]:.2f} [{sp[v][0]:.2f}, {sp[v][1]:.2f}]"
+
+        lines.append(f"| {r['n']} x {r['d']} | {1e6 / us['a']:.0f} | {1e6 / us['b']:.0f} | {1e6 / us['c']:.0f} | "
+                     f"{cell('u')} | {cell('b')} | {cell('c')} | {r['b_with_theory_over_a']:.2f} | "
+                     f"{ra['d']:.1f}, {r['autograd_products_per_step']:.1f} |")
+    lines += ["", "Outside the training loop, and the event files:", "",
+              "| n x d | theory before step 0, us per step of the run | end of run (analysis, report), CPU s | "
+              "event bytes / point | event MB / 1e5 steps |", "|---|---|---|---|---|"]
+    for r in rep["results"]:
+        lines.append(f"| {r['n']} x {r['d']} | {r['theory_us_per_step']:.1f} | {r['end_of_run_cpu_s']:.2f} | "
+                     f"{r['event_bytes_per_point']:.1f} | {r['event_bytes_per_1e5_steps'] / 1e6:.1f} |")
     std = rep["standard_event_bytes_per_point"]
     lines += ["", f"Standard TensorBoard encoding of the same tags: {std['add_scalar']:.1f} bytes per point "
               f"with one add_scalar per tag, {std['one_summary']:.1f} with one Summary per step.", "",
@@ -415,7 +530,8 @@ def markdown(rep: dict, lengths: list[int]) -> str:
         c = r["torch_compile"]
         lines.append(f"| {r['n']} x {r['d']} | {c['eager_us']:.0f} | {c['compiled_us']:.0f} | {c['compile_s']:.1f} |")
     mem, (short, long) = rep["peak_rss_mb_1000x16"], rep["memory_steps"]
-    lines += ["", "Peak resident memory at 1000 x 16 (MB):", "", "| run | " + f"{short} steps | {long} steps | difference |", "|---|---|---|---|"]
+    lines += ["", "Peak resident memory at 1000 x 16, each run alone in a fresh process (MB):", "",
+              "| run | " + f"{short} steps | {long} steps | difference |", "|---|---|---|---|"]
     names = {"a": "(a) bare loop", "b_training": "(b) bnspike, end of training",
              "b_whole_run": "(b) bnspike, whole run (with the end-of-run summary and report)"}
     for key, label in names.items():

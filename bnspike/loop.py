@@ -3,9 +3,10 @@
 Read top to bottom: build data, model, optimizer and probes (or restore them from a
 checkpoint); then per step
     [checkpoint when due or signalled] -> forward (train-mode BN, full batch or the step's
-    mini-batch) -> backward -> snapshot w_t -> scheduled optimizer step
+    mini-batch) -> backward -> copy w_t -> scheduled optimizer step
+    -> the step's snapshot in one tensor, copied to the host once
     -> stop if the loss, a gradient or a parameter is NaN/inf
-    -> probes read the state -> one host sync -> sinks.
+    -> probes read the state -> their tensors to the host in one transfer -> sinks.
 In mini-batch runs the probes still see the paper's objective: `loss/train` is the full-batch
 train-mode loss at w_t, the mini-batch loss of the step is `loss/batch`.
 The run ends "finished", "diverged" or "interrupted" (SIGINT/SIGTERM: the current step
@@ -27,7 +28,7 @@ from .data import load_data
 from .losses import get_loss
 from .model import build_model, forward_at
 from .optim import Batches, build_optimizer
-from .probes import RunContext, StepState, build_probes
+from .probes import Layout, RunContext, StepState, build_probes, host_copy
 from .sinks import CSVSink, Progress, TensorBoardSink
 
 
@@ -50,22 +51,46 @@ def hvp_at(model, X, y, loss_fn, w, alpha, beta):
     return hvp, hvp_batched
 
 
+class _Snapshot:
+    """A logged step as ONE flat tensor (probes.Layout): w_t, alpha_t, beta_t, copied before the
+    in-place update, then the loss, grad_w and every parameter after the update; plus its
+    float64 host copy, the one device->host transfer of the step. Two `torch.cat`s, where
+    separate clones, views and transfers per quantity cost microseconds each."""
+
+    def __init__(self, model: torch.nn.Module):
+        named = [p for p in (model.w, model.alpha, model.beta) if p is not None]
+        others = [p for p in model.parameters() if all(p is not q for q in named)]
+        self.before_views = [p.detach().view(-1) for p in named]  # made once: the update is in place
+        self.after_views = [p.detach().view(-1) for p in named + others]
+        self.w = model.w
+        self.layout = Layout(model.w.numel(), model.alpha is not None, model.beta is not None)
+
+    def before(self) -> torch.Tensor:
+        return torch.cat(self.before_views)
+
+    def after(self, before: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        return torch.cat([before, loss.detach().view(1), self.w.grad.view(-1), *self.after_views])
+
+
 class _Divergence:
     """What went NaN/inf in a step (the loss, a gradient, an updated parameter), or None.
 
-    One sum and one host sync per step, over the loss and the updated parameters: NaN and inf
-    propagate through a sum, and through the update into the parameter (p - lr g is NaN or inf
-    when g is, even at lr = 0: 0 * inf is NaN), so a finite sum means every value is finite.
-    The parameters are read through flat views made once (the optimizer updates in place).
-    A sum that overflows from finite values, and naming the culprit, take the exact slow path.
+    One sum per step, over the loss and the updated parameters: NaN and inf propagate through
+    a sum, and through the update into the parameter (p - lr g is NaN or inf when g is, even
+    at lr = 0: 0 * inf is NaN), so a finite sum means every value is finite. A logged step
+    passes the sum of its host snapshot (no extra transfer); otherwise one sum and one sync,
+    through flat views of the parameters made once. A sum that overflows from finite values,
+    and naming the culprit, take the exact slow path.
     """
 
     def __init__(self, model: torch.nn.Module):
         self.params = list(model.named_parameters())
         self.views = [p.detach().view(-1) for _, p in self.params]
 
-    def __call__(self, loss: torch.Tensor) -> str | None:
-        if math.isfinite(torch.cat([loss.detach().view(1), *self.views]).sum().item()):
+    def __call__(self, loss: torch.Tensor, total: float | None = None) -> str | None:
+        if total is None:
+            total = torch.cat([loss.detach().view(1), *self.views]).sum().item()
+        if math.isfinite(total):
             return None
         named = [("loss", loss)] + [(f"gradient of {n}", p.grad) for n, p in self.params if p.grad is not None]
         named += [(f"parameter {n} after the update", p) for n, p in self.params]
@@ -121,9 +146,9 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     unmodelled = theory.outside(cfg, data.facts)
     problem = None if unmodelled else theory.problem(cfg, data.facts)
     parts = checkpoint.stateful(probes, model=model, optimizer=optimizer, batches=batches)
-    diverged = _Divergence(model)
-    # looked up once: each nn.Module attribute lookup costs about a microsecond
-    w_param, alpha_param, beta_param = model.w, model.alpha, model.beta
+    diverged, snapshot = _Divergence(model), _Snapshot(model)
+    layout = snapshot.layout
+    hessian_at = functools.partial(hvp_at, model, X, y, loss_fn)
     start = checkpoint.restore(run_dir, parts) if resume else 0
 
     # The reference map, chunk by chunk: to theory.csv and theory.json (a new run) and to the
@@ -152,28 +177,27 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
             loss = loss_fn(model(X), y) if rows is None else loss_fn(model(X[rows]), y[rows])
             loss.backward()
             logged = step % every == 0 or step == steps - 1
-            if logged:  # snapshot w_t and the step size in force before the in-place update
-                # (the gradient needs no copy: the update never writes it, zero_grad drops it)
-                w, grad_w = w_param.detach().clone().view(-1), w_param.grad.view(-1)
-                alpha, beta = _snapshot(alpha_param), _snapshot(beta_param)
-                lr_w = optimizer.lr(0)
-                full_loss = loss.detach() if rows is None else _full_batch_loss(model, X, y, loss_fn, w, alpha, beta)
+            if logged:  # w_t, alpha_t, beta_t and the step size in force, before the in-place update
+                before, lr_w = snapshot.before(), optimizer.lr(0)
+                full_loss = loss if rows is None else _full_batch_loss(model, X, y, loss_fn, before, layout)
             optimizer.step()
-            cause = diverged(loss)
+            if logged:
+                values = snapshot.after(before, full_loss)
+                host = host_copy(values)
+                cause = diverged(full_loss, float(host[layout.loss:].sum()))
+            else:
+                cause = diverged(loss)
             if cause:  # the probes only ever see finite iterates
                 outcome = {"status": "diverged", "stopped": {"step": step, "cause": cause}}
                 break
             if not logged:
                 continue
-            state = StepState(
-                step=step, loss=full_loss, w=w, w_next=w_param.detach().view(-1), grad_w=grad_w,
-                alpha=alpha, beta=beta, lr_w=lr_w,
-                hvp=functools.cache(lambda: hvp_at(model, X, y, loss_fn, w, alpha, beta)),
-                batch_loss=None if rows is None else loss.detach())
-            values = {}
+            state = StepState(step, lr_w, values, host, layout, hessian_at,
+                              batch_loss=None if rows is None else loss.detach())
+            scalars = {}
             for probe in probes:
-                values.update(probe(state))
-            row = _gather(values)
+                scalars.update(probe(state))
+            row = _gather(scalars)
             for sink in sinks:
                 sink.write(step, row)
             progress.update(step, row["loss/train"])
@@ -197,15 +221,13 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     return summary
 
 
-def _snapshot(param: torch.Tensor | None) -> torch.Tensor | None:
-    """A one-element parameter (alpha, beta) at step t as a 0-dim copy; None if the model has none."""
-    return None if param is None else param.detach().clone().squeeze()
-
-
-def _full_batch_loss(model, X, y, loss_fn, w, alpha, beta) -> torch.Tensor:
-    """The paper's objective at w_t: train-mode BN on the full batch (mini-batch runs only)."""
+def _full_batch_loss(model, X, y, loss_fn, before: torch.Tensor, layout) -> torch.Tensor:
+    """The paper's objective at w_t: train-mode BN on the full batch (mini-batch runs only).
+    `before`: the snapshot of w_t, alpha_t, beta_t (laid out as probes.Layout)."""
+    alpha = None if layout.alpha is None else before[layout.alpha]
+    beta = None if layout.beta is None else before[layout.beta]
     with torch.no_grad():
-        return loss_fn(forward_at(model, X, w, alpha, beta), y)
+        return loss_fn(forward_at(model, X, before[layout.w], alpha, beta), y)
 
 
 def _gather(values: dict) -> dict[str, float]:

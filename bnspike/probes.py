@@ -41,19 +41,92 @@ class RunContext:
     device: torch.device
 
 
+class Layout:
+    """Where each quantity of a logged step sits in `StepState.values` and `StepState.host`.
+
+    [ w_t (d) | alpha_t | beta_t | loss | grad_w (d) | w_{t+1} (d) | alpha_{t+1} | beta_{t+1} | other parameters ]
+    alpha and beta only where the model has them. Everything from `loss` on is what the
+    divergence test sums: the loss, the gradient and every parameter after the update.
+    """
+
+    def __init__(self, d: int, alpha: bool, beta: bool):
+        self.d = d
+        self.w = slice(0, d)
+        i = d
+        self.alpha = i if alpha else None
+        i += alpha
+        self.beta = i if beta else None
+        i += beta
+        self.loss = i
+        self.grad_w = slice(i + 1, i + 1 + d)
+        self.w_next = slice(i + 1 + d, i + 1 + 2 * d)
+
+
 @dataclass
 class StepState:
-    """The state after step `step`: the iterate it started from and the one it produced."""
+    """The state after step `step`: the iterate it started from and the one it produced.
+
+    All numbers sit in ONE flat tensor, `values` (on the model's device, fresh each step, so a
+    probe may keep what it reads), and in its float64 copy on the host, `host` (one transfer
+    per step); `layout` says where. Torch views by name: `w`, `w_next`, `grad_w` (d,), and the
+    0-dim `loss`, `alpha`, `beta` (None where the model has no such parameter). Host-side
+    probes read `host[layout.w]` etc. as numpy without any further transfer.
+    """
     step: int
-    loss: torch.Tensor  # R(w_t), train-mode BN on the full batch
-    w: torch.Tensor  # (d,) w_t
-    w_next: torch.Tensor  # (d,) w_{t+1}
-    grad_w: torch.Tensor  # (d,) gradient the step used (of the mini-batch loss in SGD runs)
-    alpha: torch.Tensor | None  # 0-dim, BN weight at t; None without BatchNorm
-    beta: torch.Tensor | None  # 0-dim, BN bias (or plain bias) at t; None if the model has none
     lr_w: float  # step size of w in force at this step (after the schedule)
-    hvp: Callable[[], tuple[Callable, Callable]]  # lazily builds (v -> Hv, V -> HV batched) at w_t
+    values: torch.Tensor
+    host: np.ndarray
+    layout: Layout
+    # (w, alpha, beta) -> (v -> Hv, V -> V H): Hessian-vector products in w (loop.hvp_at)
+    hessian_at: Callable | None = None
     batch_loss: torch.Tensor | None = None  # the step's mini-batch loss; None in full-batch runs
+    _hvp: tuple | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, step: int, loss, w, w_next, grad_w, alpha, beta, lr_w: float, hessian_at=None,
+           batch_loss=None) -> "StepState":
+        """A StepState from separate tensors (tests, probes tried by hand); alpha, beta may be None."""
+        parts = [w.reshape(-1)] + [t.reshape(1) for t in (alpha, beta) if t is not None]
+        values = torch.cat(parts + [loss.reshape(1), grad_w.reshape(-1), w_next.reshape(-1)]).detach()
+        layout = Layout(w.numel(), alpha is not None, beta is not None)
+        return cls(step, lr_w, values, host_copy(values), layout, hessian_at, batch_loss)
+
+    @property
+    def w(self) -> torch.Tensor:  # (d,) w_t
+        return self.values[self.layout.w]
+
+    @property
+    def w_next(self) -> torch.Tensor:  # (d,) w_{t+1}
+        return self.values[self.layout.w_next]
+
+    @property
+    def grad_w(self) -> torch.Tensor:  # (d,) the gradient the step used (the mini-batch's in SGD runs)
+        return self.values[self.layout.grad_w]
+
+    @property
+    def loss(self) -> torch.Tensor:  # R(w_t), train-mode BN on the full batch
+        return self.values[self.layout.loss]
+
+    @property
+    def alpha(self) -> torch.Tensor | None:  # BN weight at t
+        return None if self.layout.alpha is None else self.values[self.layout.alpha]
+
+    @property
+    def beta(self) -> torch.Tensor | None:  # BN bias (or plain bias) at t
+        return None if self.layout.beta is None else self.values[self.layout.beta]
+
+    def hvp(self) -> tuple[Callable, Callable]:
+        """(v -> Hv, V -> V H) at w_t, built on first use (one autograd graph per step)."""
+        if self._hvp is None:
+            self._hvp = self.hessian_at(self.w, self.alpha, self.beta)
+        return self._hvp
+
+
+def host_copy(values: torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy on the host: ONE device->host transfer (on the CPU in float64: a view)."""
+    if values.is_cpu and values.dtype is torch.float64:
+        return values.detach().numpy()
+    return values.detach().to("cpu", torch.float64).numpy()
 
 
 class Probe:
@@ -79,10 +152,11 @@ class Mechanism(Probe):
     least-squares direction need the square loss; without BatchNorm the step is not
     scale-invariant, so `lr/effective` is eta itself.
 
-    Why numpy: these are a few d-vectors, where each torch op costs microseconds of dispatch
-    and numpy's a fraction of that. One matrix-vector product p = A w (A^T A = Sigma) gives
-    ||w||_Sigma = |p|; the misalignment is the explicit vector q = p - <Sigma v_ls, w> A v_ls
-    = ||w||_Sigma A (v - cos v_ls), whose norm carries no 1 - cos^2 cancellation.
+    Why numpy, on the step's host copy: these are a few d-vectors, where each torch op costs
+    microseconds of dispatch and numpy's a fraction of that. One matrix-vector product gives
+    p = A w (A^T A = Sigma, so ||w||_Sigma = |p|), <Sigma v_ls, w> and <b, w>; the
+    misalignment is the explicit vector q = p - <Sigma v_ls, w> A v_ls = ||w||_Sigma A (v - cos v_ls),
+    whose norm carries no 1 - cos^2 cancellation.
     """
 
     def setup(self, run: RunContext) -> None:
@@ -91,23 +165,26 @@ class Mechanism(Probe):
         A = np.sqrt(np.clip(evals, 0.0, None))[:, None] * evecs.T  # A^T A = Sigma
         with np.errstate(divide="ignore", invalid="ignore"):  # w_ls = 0 (no signal): nan, as torch gives
             v_ls = f.w_ls / np.sqrt(f.w_ls @ f.sigma @ f.w_ls)
-        self.A, self.A_v_ls, self.sigma_v_ls, self.b = A, A @ v_ls, f.sigma @ v_ls, f.b
+        self.M = np.vstack([A, f.sigma @ v_ls, f.b])  # one product gives A w, <Sigma v_ls, w>, <b, w>
+        self.A_v_ls = A @ v_ls
         self.rho_max, self.r_star, self.y_mean = f.rho_max, f.r_star, f.y_mean
         self.bn = run.model.alpha is not None
         self.eps = run.model.bn.eps if self.bn else 0.0
         self.square = run.cfg["optim"]["loss"] == "square"
 
     def __call__(self, s: StepState) -> dict[str, float]:
-        w, w_next, g = _host(s.w), _host(s.w_next), _host(s.grad_w)
-        loss = float(s.loss)
-        alpha = None if s.alpha is None else float(s.alpha)
-        beta = None if s.beta is None else float(s.beta)
+        h, at = s.host, s.layout
+        w, w_next, g = h[at.w], h[at.w_next], h[at.grad_w]
+        loss = float(h[at.loss])
+        alpha = None if at.alpha is None else h[at.alpha]
+        beta = None if at.beta is None else h[at.beta]
         with np.errstate(all="ignore"):  # 0/0 -> nan, overflow -> inf, silently, as torch gives
-            p = self.A @ w
-            q = p - (self.sigma_v_ls @ w) * self.A_v_ls
+            r = self.M @ w  # A w, then <Sigma v_ls, w> and <b, w>
+            p = r[:-2]
+            q = p - r[-2] * self.A_v_ls
             w_sigma2 = p @ p  # numpy scalars, not Python floats: x / 0 is inf or nan, not an error
             w_sigma = np.sqrt(w_sigma2)
-            rho = (self.b @ w) / w_sigma
+            rho = r[-1] / w_sigma
             cos = rho / self.rho_max
             sin2 = (q @ q) / w_sigma2
             norm_w, norm_g = np.sqrt(w @ w), np.sqrt(g @ g)
@@ -118,14 +195,12 @@ class Mechanism(Probe):
                 out["loss/excess"] = loss - self.r_star
             if self.square and self.bn:
                 alpha_eff = alpha * w_sigma / np.sqrt(w_sigma2 + self.eps)
-                out.update({
-                    "loss/scale_term": 0.5 * (alpha_eff - rho) ** 2,
-                    "loss/direction_term": 0.5 * self.rho_max ** 2 * sin2,
-                    "loss/bias_term": 0.5 * (beta - self.y_mean) ** 2,
-                })
-            out.update({"norm/w": norm_w, "norm/w_sigma": w_sigma})
+                out["loss/scale_term"] = 0.5 * (alpha_eff - rho) ** 2
+                out["loss/direction_term"] = 0.5 * self.rho_max ** 2 * sin2
+                out["loss/bias_term"] = 0.5 * (beta - self.y_mean) ** 2
+            out["norm/w"], out["norm/w_sigma"] = norm_w, w_sigma
             if self.bn:
-                out.update({"param/alpha": alpha, "param/beta": beta, "lr/effective": s.lr_w / norm_w ** 2})
+                out["param/alpha"], out["param/beta"], out["lr/effective"] = alpha, beta, s.lr_w / norm_w ** 2
             else:  # no scale invariance: the effective step is eta itself
                 if beta is not None:
                     out["param/beta"] = beta
@@ -133,22 +208,13 @@ class Mechanism(Probe):
             if self.square and self.bn:
                 out["stability/kappa"] = s.lr_w * alpha * rho / w_sigma2
             if self.square:
-                out.update({"align/cos": cos, "align/sin2": sin2})
-            out.update({
-                "grad/norm_w": norm_g,
-                # ~0 for a scale-invariant weight (exactly 0 as eps -> 0): <w, grad> = 0
-                "grad/cos_w": (w @ g) / (norm_w * norm_g),
-                # angle between unit vectors without arccos's loss of precision near 0
-                "update/angle": 2 * math.atan2(np.sqrt(du @ du), np.sqrt(su @ su)),
-            })
+                out["align/cos"], out["align/sin2"] = cos, sin2
+            out["grad/norm_w"] = norm_g
+            # ~0 for a scale-invariant weight (exactly 0 as eps -> 0): <w, grad> = 0
+            out["grad/cos_w"] = (w @ g) / (norm_w * norm_g)
+            # angle between unit vectors without arccos's loss of precision near 0
+            out["update/angle"] = 2 * math.atan2(np.sqrt(du @ du), np.sqrt(su @ su))
         return out
-
-
-def _host(t: torch.Tensor) -> np.ndarray:
-    """A float64 numpy view (a copy only off the CPU or from another dtype)."""
-    if t.is_cpu and t.dtype is torch.float64:  # the common case, without .to()'s dispatch cost
-        return t.detach().numpy()
-    return t.detach().to("cpu", torch.float64).numpy()
 
 
 class Sharpness(Probe):
@@ -181,20 +247,20 @@ class Sharpness(Probe):
         if self.every == 0 or s.step % self.every:
             return {}
         if self.closed_form is not None:
-            value = self.closed_form.top(_host(s.w), float(s.alpha))
+            value = self.closed_form.top(s.host[s.layout.w], float(s.host[s.layout.alpha]))
             return {"stability/sharpness": value, "stability/eta_sharpness": s.lr_w * value,
                     "stability/sharpness_products": 0.0}
         hvp, hvp_batched = s.hvp()
-        d = s.w.numel()
+        d = s.layout.d
         top = None
         if d > self.dense_max:
             # warm start, nudged off the old eigenvector so the Krylov space is never trapped
-            start = torch.randn(d, generator=self.generator, dtype=s.w.dtype, device=s.w.device)
+            start = torch.randn(d, generator=self.generator, dtype=s.values.dtype, device=s.values.device)
             if self.vector is not None:
                 start = self.vector + 1e-3 * start / start.norm()
             top = hessian.lanczos_top(hvp, start, self.max_iter, self.tol)
         if top is None:
-            top = hessian.dense_top(hvp_batched, d, s.w)
+            top = hessian.dense_top(hvp_batched, d, s.values)
         self.vector = top.vector
         # what the estimate cost: d for the dense path (d products in one batch)
         return {"stability/sharpness": top.value, "stability/eta_sharpness": s.lr_w * top.value,

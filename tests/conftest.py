@@ -27,6 +27,14 @@ def assert_same_metrics(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[tag], b[tag], err_msg=tag)
 
 
+def sin2_roundoff(sin2, d: int):
+    """How far two float64 computations of a misalignment sin^2 = |perp|^2 may differ: each
+    carries a few ulps (e = 4 eps) of ABSOLUTE error per component of the perpendicular vector,
+    so |difference| <= 2 sqrt(sin2) sqrt(d) e + 2 d e^2 (a floor that matters once aligned)."""
+    e = 4 * np.finfo(np.float64).eps
+    return 2 * np.sqrt(sin2) * np.sqrt(d) * e + 2 * d * e ** 2
+
+
 def run_config(tmp_path_factory, name: str, *overrides: str) -> Run:
     cfg = config.load(CONFIGS / name, ["log.progress=none", *overrides])
     run_dir = tmp_path_factory.mktemp(pathlib.Path(name).stem)
