@@ -1,18 +1,19 @@
 """Where scalars go: TensorBoard events, metrics.csv, and a progress display.
 
-Both file sinks are batched: a logged step costs a few microseconds on the training thread.
-TensorBoard events are encoded and appended to a buffer that a timer thread frames and writes
-every `log.flush_secs` seconds (the training thread does it itself every FLUSH_ROWS steps, so
-the buffer stays small, and on close); metrics.csv rows go through the file's own buffer and
-are flushed by the first write after `log.flush_secs`. A running TensorBoard shows the curve
-while it develops, and a killed run loses at most about one flush interval.
+Both file sinks are batched: a logged step costs about a microsecond on the training thread
+(the row is kept as it is), and the rows are encoded together, numpy-vectorised, when they
+are flushed: by the first write after `log.flush_secs` seconds (2 s), every FLUSH_ROWS rows
+(so the buffer stays small), at every checkpoint and at close. A running TensorBoard shows the
+curve while it develops, and a killed run loses at most about one flush interval.
 
 TensorBoard: one event file per run (two writers on one directory interleave into a zig-zag,
 and TensorBoard's Python loader stops reading a file once a newer one appears). Each logged
 step is ONE event holding every tag: the standard encoding that SummaryWriter would produce,
-written here by hand because SummaryWriter's record framing checksums every byte in pure
-Python (about 0.5 ms per 17-tag step, more than the training step itself). CRC-32C is linear,
-so the checksums of a whole batch of records are one numpy table lookup and XOR reduction.
+byte for byte, written here by hand because SummaryWriter encodes each event with protobuf and
+checksums every byte in pure Python (about 0.5 ms per 17-tag step, more than the training
+step itself). Rows with the same tags and the same step-number width are one numpy record
+array: fixed bytes per tag, the float32 values, then TFRecord framing, whose CRC-32C is linear,
+so a batch's checksums are one table lookup and XOR reduction.
 metrics.csv keeps full float64 precision (TensorBoard stores float32).
 """
 from __future__ import annotations
@@ -25,7 +26,6 @@ import pathlib
 import socket
 import struct
 import sys
-import threading
 import time
 
 import numpy as np
@@ -75,32 +75,32 @@ class _CRC32C:
             Z.append(z)
         self.S, self.Z = np.concatenate(S), np.concatenate(Z)
 
+    def masked_rows(self, data: np.ndarray) -> np.ndarray:
+        """Masked CRC-32C of each row of a (k, length) uint8 array (records of one length)."""
+        k, length = data.shape
+        if length == 0:
+            crc = np.zeros(k, dtype=np.uint64)
+        else:
+            if length >= len(self.S):
+                self._grow(length)
+            out = np.empty(k, dtype=np.uint32)
+            rows = np.arange(length - 1, -1, -1, dtype=np.intp) * 256  # S[L-1-i][data[i]] as one flat gather
+            for start in range(0, k, self.CHUNK):
+                terms = np.take(self.S.ravel(), data[start:start + self.CHUNK] + rows)
+                out[start:start + self.CHUNK] = np.bitwise_xor.reduce(terms, axis=1) ^ self.Z[length] ^ np.uint32(0xFFFFFFFF)
+            crc = out.astype(np.uint64)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF).astype(np.uint32)
+
     def masked(self, records: list[bytes]) -> list[int]:
         """TFRecord's masked CRC-32C of each record."""
-        out = []
-        for start in range(0, len(records), self.CHUNK):
-            out += self._masked(records[start:start + self.CHUNK])
-        return out
-
-    def _masked(self, records: list[bytes]) -> list[int]:
         out = np.empty(len(records), dtype=np.uint32)
         by_length: dict[int, list[int]] = {}
         for i, r in enumerate(records):
             by_length.setdefault(len(r), []).append(i)
-        longest = max(by_length)
-        if longest >= len(self.S):
-            self._grow(longest)
         for length, idx in by_length.items():
-            if length == 0:
-                out[idx] = 0
-                continue
             data = np.frombuffer(b"".join(records[i] for i in idx), dtype=np.uint8).reshape(len(idx), length)
-            # S[L-1-i][data[i]] as one flat gather
-            rows = np.arange(length - 1, -1, -1, dtype=np.intp) * 256
-            terms = np.take(self.S.ravel(), data + rows)
-            out[idx] = np.bitwise_xor.reduce(terms, axis=1) ^ self.Z[length] ^ np.uint32(0xFFFFFFFF)
-        crc = out.astype(np.uint64)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF).tolist()
+            out[idx] = self.masked_rows(data)
+        return out.tolist()
 
 
 def _varint(n: int) -> bytes:
@@ -112,11 +112,55 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_DOUBLE, _LENGTH, _CRC = struct.Struct("<d"), struct.Struct("<Q"), struct.Struct("<I")
+_LENGTH, _CRC = struct.Struct("<Q"), struct.Struct("<I")
 
 
-class TensorBoardSink:
+def _varint_bytes(steps: np.ndarray, width: int) -> np.ndarray:
+    """(k, width) uint8: the protobuf varints of `steps`, all `width` bytes long."""
+    shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
+    out = ((steps.astype(np.uint64)[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
+    out[:, :-1] |= 0x80
+    return out
+
+
+def _width(step: int) -> int:
+    """Bytes of the step field's varint; 0 for step 0 (proto3 leaves a zero field out)."""
+    return (step.bit_length() + 6) // 7 if step else 0
+
+
+class _Rows:
+    """Rows (step, wall time, {tag: value}) kept as they come and written together.
+
+    The training thread only appends; `flush` encodes what is pending and writes it. It runs
+    on the first append after `flush_secs` seconds, at FLUSH_ROWS pending rows, and when called
+    (checkpoints, close), so memory stays bounded whatever the interval is.
+    """
+
+    def __init__(self, flush_secs: float):
+        self.pending: list = []
+        self.flush_secs, self.last_flush = flush_secs, time.monotonic()
+
+    def _append(self, item) -> None:
+        self.pending.append(item)
+        if len(self.pending) >= FLUSH_ROWS or time.monotonic() - self.last_flush >= self.flush_secs:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending and not self.file.closed:
+            self.file.write(self._encode(self.pending))
+            self.pending = []
+        if not self.file.closed:
+            self.file.flush()
+        self.last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
+
+
+class TensorBoardSink(_Rows):
     def __init__(self, run_dir: pathlib.Path, flush_secs: float, purge_step: int | None = None):
+        super().__init__(flush_secs)
         if purge_step is not None:
             # Resume: readers drop the older files' events from purge_step on, so replayed steps
             # never show twice (no zig-zag). They read files in name order, and a name starts
@@ -130,23 +174,13 @@ class TensorBoardSink:
         self.path = pathlib.Path(run_dir) / name
         self.file = open(self.path, "xb")  # "x": never overwrite
         self.crc = _CRC32C()
-        self.pending: list[bytes] = []  # serialized events not yet framed and written
-        self.lock = threading.Lock()  # the timer thread and the training thread share `pending`
-        self.layouts: dict[tuple, tuple[struct.Struct, list]] = {}
+        self.layouts: dict[tuple, tuple[np.dtype, list[bytes]]] = {}
         self._append(Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
         if purge_step is not None:  # what SummaryWriter(purge_step=...) writes
             self._append(Event(wall_time=time.time(), step=purge_step, file_version="brain.Event:2").SerializeToString())
             self._append(Event(wall_time=time.time(), step=purge_step,
                                session_log=SessionLog(status=SessionLog.START)).SerializeToString())
         self.flush()
-        self.stop = threading.Event()
-        self.timer = threading.Thread(target=self._flush_every, args=(flush_secs,), daemon=True,
-                                      name=f"bnspike events {name}")
-        self.timer.start()
-
-    def _flush_every(self, seconds: float) -> None:
-        while not self.stop.wait(seconds):
-            self.flush()
 
     def add_summary(self, summary: Summary, step: int | None = None) -> None:
         """Any other summary (a Custom Scalars layout, text ...), in order with the scalars;
@@ -156,92 +190,105 @@ class TensorBoardSink:
             event.step = step
         self._append(event.SerializeToString())
 
-    def _append(self, event: bytes) -> None:
-        with self.lock:
-            self.pending.append(event)
-            full = len(self.pending) >= FLUSH_ROWS
-        if full:
-            self.flush()
+    def write(self, step: int, row: dict[str, float]) -> None:
+        """Exactly Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value)...]))."""
+        self._append((step, time.time(), row))
 
-    def _layout(self, tags: tuple) -> tuple[struct.Struct, list]:
-        """The Summary of these tags as one struct: fixed bytes per tag, then its float32."""
+    def _encode(self, pending: list) -> bytes:
+        """Pending events (serialized bytes, or scalar rows) as TFRecords, in order."""
+        out, i = [], 0
+        while i < len(pending):
+            item = pending[i]
+            if isinstance(item, bytes):
+                j = i + 1
+                while j < len(pending) and isinstance(pending[j], bytes):
+                    j += 1
+                out.append(self._frame(pending[i:j]))
+            else:  # a run of rows with the same tags and step width: one record array
+                tags, width = tuple(item[2]), _width(item[0])
+                j = i + 1
+                while j < len(pending) and not isinstance(pending[j], bytes) and \
+                        _width(pending[j][0]) == width and tuple(pending[j][2]) == tags:
+                    j += 1
+                out.append(self._scalar_records(pending[i:j], tags, width))
+            i = j
+        return b"".join(out)
+
+    def _frame(self, events: list[bytes]) -> bytes:
+        """TFRecords: length, its masked CRC, the data, its masked CRC."""
+        heads = [_LENGTH.pack(len(e)) for e in events]
+        crcs = self.crc.masked(heads + events)
+        k = len(heads)
+        return b"".join(h + _CRC.pack(hc) + e + _CRC.pack(ec) for h, hc, e, ec in zip(heads, crcs[:k], events, crcs[k:]))
+
+    def _layout(self, tags: tuple) -> tuple[np.dtype, list[bytes]]:
+        """The record layout of a Summary of these tags: fixed bytes per tag, then its float32."""
         prefixes = []
         for tag in tags:
             t = tag.encode()
             value = b"\x0a" + _varint(len(t)) + t + b"\x15"  # Value.tag, then simple_value's key
             prefixes.append(b"\x0a" + _varint(len(value) + 4) + value)  # Summary.value
-        fmt = struct.Struct("<" + "".join(f"{len(p)}sf" for p in prefixes))
-        self.layouts[tags] = layout = (fmt, [x for p in prefixes for x in (p, 0.0)])
+        fields = [x for j, p in enumerate(prefixes) for x in ((f"p{j}", np.uint8, len(p)), (f"v{j}", "<f4"))]
+        self.layouts[tags] = layout = (np.dtype(fields), prefixes)
         return layout
 
-    def write(self, step: int, row: dict[str, float]) -> None:
-        """Exactly Event(wall_time, step, summary=Summary(value=[Value(tag, simple_value)...]))."""
-        fmt, args = self.layouts.get(tuple(row)) or self._layout(tuple(row))
-        args[1::2] = row.values()
-        try:
-            body = fmt.pack(*args)
-        except OverflowError:  # beyond float32 range: stored as +-inf, as protobuf does
-            with np.errstate(over="ignore"):
-                args[1::2] = np.asarray(args[1::2], dtype=np.float32).tolist()
-            body = fmt.pack(*args)
-        head = b"\x09" + _DOUBLE.pack(time.time()) + (b"\x10" + _varint(step) if step else b"")
-        self._append(head + b"\x2a" + _varint(len(body)) + body)
-
-    def flush(self) -> None:
-        """Frame the pending events as TFRecords (length, its CRC, data, its CRC) and write them."""
-        with self.lock:
-            if self.file.closed:
-                return
-            if self.pending:
-                heads = [_LENGTH.pack(len(e)) for e in self.pending]
-                crcs = self.crc.masked(heads + self.pending)
-                k = len(heads)
-                self.file.write(b"".join(h + _CRC.pack(hc) + e + _CRC.pack(ec) for h, hc, e, ec
-                                         in zip(heads, crcs[:k], self.pending, crcs[k:])))
-                self.pending.clear()
-            self.file.flush()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.timer.join()
-        self.flush()
-        self.file.close()
+    def _scalar_records(self, rows: list, tags: tuple, width: int) -> bytes:
+        body_type, prefixes = self.layouts.get(tags) or self._layout(tags)
+        k, m = len(rows), len(tags)
+        body = np.zeros(k, body_type)
+        with np.errstate(over="ignore"):  # beyond float32 range: +-inf, as protobuf stores it
+            values = np.array([list(r[2].values()) for r in rows], dtype=np.float64).reshape(k, m).astype(np.float32)
+        for j, p in enumerate(prefixes):
+            body[f"p{j}"] = np.frombuffer(p, np.uint8)
+            body[f"v{j}"] = values[:, j]
+        summary = b"\x2a" + _varint(body_type.itemsize)  # Event.summary
+        event_type = np.dtype([("wall_key", np.uint8), ("wall", "<f8"), ("step_key", np.uint8, int(width > 0)),
+                               ("step", np.uint8, width), ("summary_key", np.uint8, len(summary)), ("body", body_type)])
+        event = np.zeros(k, event_type)
+        event["wall_key"] = 0x09  # Event.wall_time
+        event["wall"] = [r[1] for r in rows]
+        if width:
+            event["step_key"] = 0x10  # Event.step
+            event["step"] = _varint_bytes(np.array([r[0] for r in rows], dtype=np.uint64), width)
+        event["summary_key"] = np.frombuffer(summary, np.uint8)
+        event["body"] = body
+        size = event_type.itemsize
+        data = event.view(np.uint8).reshape(k, size)
+        head = _LENGTH.pack(size)
+        record = np.zeros(k, [("length", "<u8"), ("length_crc", "<u4"), ("data", np.uint8, size), ("data_crc", "<u4")])
+        record["length"] = size
+        record["length_crc"] = self.crc.masked([head])[0]
+        record["data"] = data
+        record["data_crc"] = self.crc.masked_rows(data)
+        return record.tobytes()
 
 
-class CSVSink:
+class CSVSink(_Rows):
     def __init__(self, run_dir: pathlib.Path, flush_secs: float, append: bool = False):
+        super().__init__(flush_secs)
         self.path = run_dir / METRICS
         self.columns: tuple[str, ...] | None = None
         if append:  # a resumed run continues, under its header, the file the checkpoint truncated
             with open(self.path) as f:
                 self.columns = tuple(f.readline().rstrip("\n").split(",")[1:]) or None
         self.file = open(self.path, "a" if append else "x", newline="")  # "x": never overwrite
-        self.flush_secs, self.last_flush = flush_secs, time.monotonic()
 
     def write(self, step: int, row: dict[str, float]) -> None:
         if self.columns is None:
             self.columns = tuple(row)
             self.file.write(",".join(("step",) + self.columns) + "\n")
-        # repr(float) round-trips exactly
-        if tuple(row) == self.columns:
-            self.file.write(f"{step},{','.join(map(repr, row.values()))}\n")
-        else:
-            if not row.keys() <= set(self.columns):
-                raise ValueError(f"{self.path}: step {step} has new metric(s) "
-                                 f"{sorted(row.keys() - set(self.columns))} that were not logged "
-                                 "at the first step; a probe must return the same names")
-            # a metric skipped this step is an empty cell
-            self.file.write(f"{step}," + ",".join(repr(row[c]) if c in row else "" for c in self.columns) + "\n")
-        now = time.monotonic()
-        if now - self.last_flush >= self.flush_secs:
-            self.flush()
+        elif tuple(row) != self.columns and not row.keys() <= set(self.columns):
+            raise ValueError(f"{self.path}: step {step} has new metric(s) "
+                             f"{sorted(row.keys() - set(self.columns))} that were not logged "
+                             "at the first step; a probe must return the same names")
+        self._append((step, row))
 
-    def flush(self) -> None:
-        self.file.flush()
-        self.last_flush = time.monotonic()
-
-    def close(self) -> None:
-        self.file.close()
+    def _encode(self, pending: list) -> str:
+        # repr(float) round-trips exactly; a metric skipped this step is an empty cell
+        columns = self.columns
+        return "".join(f"{step},{','.join(map(repr, row.values()))}\n" if tuple(row) == columns else
+                       f"{step}," + ",".join(repr(row[c]) if c in row else "" for c in columns) + "\n"
+                       for step, row in pending)
 
 
 def read_metrics(path: str | pathlib.Path, columns: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

@@ -26,7 +26,8 @@ def test_events_and_csv_are_readable_while_the_run_is_still_writing(tmp_path):
             tb.write(step, row)
             csv.write(step, row)
         time.sleep(1.0)
-        csv.write(50, {"loss/train": 0.1, "norm/w": 0.6})  # a write after the interval flushes
+        for sink in (tb, csv):  # a write after the interval flushes
+            sink.write(50, {"loss/train": 0.1, "norm/w": 0.6})
         acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
         acc.Reload()
         events = acc.Scalars("loss/train")
@@ -106,6 +107,21 @@ def test_events_are_the_standard_encoding(tmp_path):
     got = {(e.step, v.tag): v.tensor.float_val[0] for e in loaded for v in e.summary.value}
     assert got[(7, "loss/train")] == math.inf and math.isnan(got[(7, "align/sin2")])
     assert got[(8, "loss/train")] == np.float32(0.1) and got[(300, "stability/sharpness")] == math.inf
+
+
+def test_one_batch_across_step_widths_is_the_standard_encoding(tmp_path):
+    """Rows are encoded together at the flush; the step's varint grows at 128 and 16384."""
+    sink = TensorBoardSink(tmp_path, flush_secs=3600)
+    rows = [(step, {"loss/train": step / 3, "grad/cos_w": -1e-17 * step}) for step in range(0, 20000, 61)]
+    for step, row in rows:
+        sink.write(step, row)
+    sink.close()
+    recs = records(sink.path)[1:]
+    assert len(recs) == len(rows) and all(h and d for _, h, d in recs)
+    for (step, row), (data, *_) in zip(rows, recs):
+        wall = Event.FromString(data).wall_time
+        assert data == Event(wall_time=wall, step=step, summary=Summary(
+            value=[Summary.Value(tag=t, simple_value=v) for t, v in row.items()])).SerializeToString()
 
 
 def test_events_wait_for_the_flush_and_the_buffer_is_bounded(tmp_path, monkeypatch):
