@@ -112,7 +112,7 @@ class Pacer:
         self.bare, self.block, self.warm = bare, block, max(warm, 1)
         self.steps = self.blocks = self.counted = 0
         self.mark = None  # (thread CPU, wall) when bnspike's current block began
-        self.start = None  # (process CPU, thread CPU) when the first counted block began
+        self.start = self.end = None  # (process CPU, thread CPU) when the counted blocks began, ended
         self.cpu = {"a": 0.0, "bnspike": 0.0}
         self.wall = {"a": 0.0, "bnspike": 0.0}
 
@@ -137,6 +137,7 @@ class Pacer:
             self.cpu["a"] += cpu2 - cpu
             self.wall["a"] += wall2 - wall
             self.counted += 1
+            self.end = (time.process_time(), cpu2)
         elif self.blocks == self.warm - 1:
             self.start = (time.process_time(), cpu2)
         self.mark = (cpu2, wall2)
@@ -146,8 +147,7 @@ class Pacer:
         """Microseconds per step of each side; bnspike's includes its other threads' CPU time."""
         if not self.counted:
             raise RuntimeError("benchmark: too few steps for one counted block pair; raise --seconds")
-        process, thread = time.process_time(), time.thread_time()
-        other_threads = (process - self.start[0]) - (thread - self.start[1])
+        other_threads = (self.end[0] - self.start[0]) - (self.end[1] - self.start[1])
         steps = self.counted * self.block
         return {"a_us": self.cpu["a"] / steps * 1e6, "bnspike_us": (self.cpu["bnspike"] + other_threads) / steps * 1e6,
                 "other_threads_us": other_threads / steps * 1e6, "a_wall_us": self.wall["a"] / steps * 1e6,
@@ -325,9 +325,9 @@ def part_costs(n: int, d: int, repeats: int) -> dict[str, float]:
         opt.step()
 
     def state():
-        return StepState(step=20, loss=loss.detach(), w=w, w_next=model.w.detach().flatten(), grad_w=g,
-                         alpha=alpha, beta=beta, lr_w=cfg["optim"]["lr_w"],
-                         hvp=functools.cache(lambda: hvp_at(model, X, y, square_loss, w, alpha.view(1), beta.view(1))))
+        return StepState.of(step=20, loss=loss.detach(), w=w, w_next=model.w.detach().flatten(), grad_w=g,
+                            alpha=alpha, beta=beta, lr_w=cfg["optim"]["lr_w"],
+                            hessian_at=functools.partial(hvp_at, model, X, y, square_loss))
 
     mech, sharp, sharp_autograd = Mechanism(), Sharpness(), Sharpness()
     mech.setup(run)

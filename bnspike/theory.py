@@ -109,50 +109,57 @@ def reference_chunks(pr: Problem, size: int = CHUNK) -> Iterator[dict[str, np.nd
     `size` steps at a time: a long run's reference is written out as it is computed, never held.
 
     Values at index i of a chunk describe w_t for t = chunk["step"][i], like the run's metrics.
-    After each step the iterate is rounded to the run's dtype, so the unstable mode grows from
-    the same round-off level.
+    The map runs in Sigma's eigenbasis (Sigma w is then an elementwise product: O(d) a step,
+    no d x d product); a float32 run's iterate is rounded to float32 in the original basis
+    after each step, so the unstable mode grows from the same round-off level as the run's.
     """
     f = pr.facts
-    sigma, b, v_ls = f.sigma, f.b, ls_direction(f)
+    lam, Q = np.linalg.eigh(f.sigma)
+    b, v_ls = Q.T @ f.b, Q.T @ ls_direction(f)
     limit = kappa_limit(f)
-    store = np.float32 if pr.dtype == "float32" else np.float64
+    float32 = pr.dtype == "float32"
+    store = np.float32 if float32 else np.float64
+    eta, eps, rho_max, y_mean = pr.eta, pr.eps, f.rho_max, f.y_mean
     # np.float64, not float: a diverging map overflows to inf (as the run does) instead of raising
-    w, gamma, beta = pr.w0.astype(store).astype(float), np.float64(store(pr.alpha0)), np.float64(store(pr.beta0))
+    w = Q.T @ pr.w0.astype(store).astype(float)
+    gamma, beta = np.float64(store(pr.alpha0)), np.float64(store(pr.beta0))
     for begin in range(0, pr.steps, size):
         steps = range(begin, min(begin + size, pr.steps))
-        out = {tag: np.empty(len(steps)) for tag in TAGS}
-        out["step"] = np.arange(steps.start, steps.stop, dtype=float)
-        out["stability/kappa_limit"][:] = limit
+        rows = np.empty((len(steps), len(_COMPUTED)))
         with np.errstate(over="ignore", invalid="ignore"):  # a diverging map ends in inf/NaN; the run reports it
             for i in range(len(steps)):
-                sw = sigma @ w
+                sw = lam * w
                 s = w @ sw
-                q2 = s + pr.eps
-                q, p = math.sqrt(q2), b @ w
-                w_sigma = math.sqrt(s)
+                q2 = s + eps
+                q, p = np.sqrt(q2), b @ w
+                w_sigma = np.sqrt(s)
                 rho = p / w_sigma
-                cos = rho / f.rho_max
+                cos = rho / rho_max
                 perp = w / w_sigma - cos * v_ls
-                sin2 = perp @ sigma @ perp
+                sin2 = perp @ (lam * perp)
                 # exact split of R (mechanism.md section 2 with alpha_eff = gamma ||w||_Sigma / q)
                 scale = 0.5 * (gamma * w_sigma / q - rho) ** 2
-                direction = 0.5 * f.rho_max ** 2 * sin2
-                bias = 0.5 * (beta - f.y_mean) ** 2
-                norm = math.sqrt(w @ w)
-                row = {"loss/excess": scale + direction + bias, "loss/scale_term": scale,
-                       "loss/direction_term": direction, "loss/bias_term": bias, "norm/w": norm,
-                       "norm/w_sigma": w_sigma, "param/alpha": gamma, "param/beta": beta,
-                       "lr/effective": pr.eta / norm ** 2, "stability/kappa": pr.eta * gamma * rho / s,
-                       "align/cos": cos, "align/sin2": sin2}
-                for tag, value in row.items():
-                    out[tag][i] = value
-                grad_w = -gamma / q * b + (gamma * p / (q2 * q) + gamma ** 2 * pr.eps / (q2 * q2)) * sw
-                grad_gamma = gamma * s / q2 - p / q
-                w = (w - pr.eta * grad_w).astype(store).astype(float)
-                gamma = np.float64(store(gamma - pr.eta_alpha * grad_gamma))
-                beta = np.float64(store(beta - pr.eta_beta * (beta - f.y_mean)))
-            out["loss/train"] = out["loss/excess"] + f.r_star
-        yield out
+                direction = 0.5 * rho_max ** 2 * sin2
+                bias = 0.5 * (beta - y_mean) ** 2
+                norm2 = w @ w
+                rows[i] = (scale + direction + bias, scale, direction, bias, np.sqrt(norm2), w_sigma, gamma, beta,
+                           eta / norm2, eta * gamma * rho / s, cos, sin2)
+                # w -= eta grad_w R,  grad_w R = -gamma b / q + (gamma p / q^3 + gamma^2 eps / q^4) Sigma w
+                w = w + (eta * gamma / q) * b - (eta * (gamma * p / (q2 * q) + gamma ** 2 * eps / (q2 * q2))) * sw
+                if float32:
+                    w = Q.T @ (Q @ w).astype(np.float32).astype(float)
+                gamma, beta = (np.float64(store(gamma - pr.eta_alpha * (gamma * s / q2 - p / q))),
+                               np.float64(store(beta - pr.eta_beta * (beta - y_mean))))
+        out = {tag: rows[:, j] for j, tag in enumerate(_COMPUTED)}
+        out["loss/train"] = out["loss/excess"] + f.r_star
+        out["stability/kappa_limit"] = np.full(len(steps), limit)
+        out["step"] = np.arange(steps.start, steps.stop, dtype=float)
+        yield {tag: out[tag] for tag in ("step", *TAGS)}
+
+
+# The reference's series computed step by step, in the order of a row of the map.
+_COMPUTED = ("loss/excess", "loss/scale_term", "loss/direction_term", "loss/bias_term", "norm/w", "norm/w_sigma",
+             "param/alpha", "param/beta", "lr/effective", "stability/kappa", "align/cos", "align/sin2")
 
 
 def reference(pr: Problem) -> dict[str, np.ndarray]:
