@@ -7,6 +7,7 @@ For each (n, d):
   (b) bnspike `train()` with every built-in probe except sharpness, TensorBoard + CSV every step;
   (c) the same plus sharpness every step (exact closed form: the default for this model);
   (d) (c) with probes.sharpness_method=autograd, what any other model or loss gets;
+  (f) (b) with model.compile=true: bnspike's training step through torch.compile;
   (e) once per size: (a) with the model through torch.compile, against (a) eager.
 
 How (a) is set against (u), (b), (c), (d): PAIRED BLOCKS in one process. While bnspike trains,
@@ -44,7 +45,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZES = [(1000, 16), (1000, 256), (20000, 64)]
 VARIANTS = {"u": "bnspike, only the first and last step logged", "b": "bnspike, all probes but sharpness",
-            "c": "bnspike, all probes", "d": "bnspike, all probes, sharpness by autograd (any model and loss)"}
+            "c": "bnspike, all probes", "d": "bnspike, all probes, sharpness by autograd (any model and loss)",
+            "f": "bnspike, all probes but sharpness, model.compile=true"}
 BLOCK_CPU_S = 0.01  # CPU time of one bare block: short enough to follow the load, long enough to time
 
 
@@ -54,7 +56,8 @@ def overrides(n: int, d: int, steps: int, variant: str) -> list[str]:
     method = "autograd" if variant == "d" else "auto"
     return [f"data.n={n}", f"data.d={d}", "data.whiten=none", "data.spectrum=linear", f"optim.steps={steps}",
             f"probes.sharpness_every={int(variant in 'cd')}", f"probes.sharpness_method={method}",
-            f"probes.every={steps if variant == 'u' else 1}", "log.progress=none"]
+            f"probes.every={steps if variant == 'u' else 1}", "log.progress=none",
+            f"model.compile={str(variant == 'f').lower()}"]
 
 
 def load_cfg(n, d, steps, variant):
@@ -405,7 +408,7 @@ def measure_size(n: int, d: int, seconds: float, repeats: int) -> dict:
     a_us = alone("a", n, d, 200)["cpu_seconds"] / 200 * 1e6  # a first guess, to size the runs
     logged = sum(v for k, v in parts.items() if not k.startswith("sharpness")) + 50  # 50: the loop
     guess = {"u": a_us, "b": a_us + logged, "c": a_us + logged + parts["sharpness probe, closed form"],
-             "d": a_us + logged + parts["sharpness probe, autograd (warm start)"]}
+             "d": a_us + logged + parts["sharpness probe, autograd (warm start)"], "f": a_us + logged}
     block = max(5, round(BLOCK_CPU_S / (a_us * 1e-6)))
     rounds = {v: [] for v in VARIANTS}
     for r in range(repeats):
@@ -424,8 +427,9 @@ def measure_size(n: int, d: int, seconds: float, repeats: int) -> dict:
     e = spawn("alone", "e", n, d, e_steps)
     return {
         "n": n, "d": d, "block": block,
-        "us_per_step": {"a": med(x["a_us"] for rs in rounds.values() for x in rs),
-                        **{v: med(x["bnspike_us"] for x in rs) for v, rs in rounds.items()}},
+        # each variant beside the bare loop it was paired with (the load drifts between runs)
+        "us_per_step": {v: {"bnspike": med(x["bnspike_us"] for x in rs), "a": med(x["a_us"] for x in rs)}
+                        for v, rs in rounds.items()},
         "over_a": ratio,
         "over_a_spread": {v: [min(x["bnspike_us"] / x["a_us"] for x in rs), max(x["bnspike_us"] / x["a_us"] for x in rs)]
                           for v, rs in rounds.items()},
@@ -496,9 +500,9 @@ def markdown(rep: dict) -> str:
              f"on 1 thread, Python {m['python']}, commit {m['git']}, {m['date_utc']} UTC. "
              "(a) and each bnspike variant run in the same process, in alternating blocks of steps "
              "(CPU time; bnspike's other threads counted in its share); median of the rounds, "
-             "[min, max] over them.", "",
-             "| n x d | (a) bare steps/s | (b) steps/s | (c) steps/s | u/a | b/a | c/a | "
-             "b/a with the theory map | d/a (autograd sharpness), Hessian-vector products / step |",
+             "[min, max] over them. Steps/s: the bnspike variant's, then the bare loop's beside it.", "",
+             "| n x d | (b) steps/s, beside (a) | (c) steps/s, beside (a) | u/a | b/a | c/a | "
+             "f/a (compiled step) | b/a with the theory map | d/a (autograd sharpness), Hessian-vector products / step |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rep["results"]:
         us, ra, sp = r["us_per_step"], r["over_a"], r["over_a_spread"]
@@ -506,8 +510,11 @@ def markdown(rep: dict) -> str:
         def cell(v):
             return f"{ra[v]:.2f} [{sp[v][0]:.2f}, {sp[v][1]:.2f}]"
 
-        lines.append(f"| {r['n']} x {r['d']} | {1e6 / us['a']:.0f} | {1e6 / us['b']:.0f} | {1e6 / us['c']:.0f} | "
-                     f"{cell('u')} | {cell('b')} | {cell('c')} | {r['b_with_theory_over_a']:.2f} | "
+        def speeds(v):
+            return f"{1e6 / us[v]['bnspike']:.0f}, {1e6 / us[v]['a']:.0f}"
+
+        lines.append(f"| {r['n']} x {r['d']} | {speeds('b')} | {speeds('c')} | "
+                     f"{cell('u')} | {cell('b')} | {cell('c')} | {cell('f')} | {r['b_with_theory_over_a']:.2f} | "
                      f"{ra['d']:.1f}, {r['autograd_products_per_step']:.1f} |")
     lines += ["", "Outside the training loop, and the event files:", "",
               "| n x d | theory before step 0, us per step of the run | end of run (analysis, report), CPU s | "

@@ -96,6 +96,8 @@ SCHEMA: dict[str, Any] = {
         "w0_seed": Field(I, 1, min=0, help="numpy seed of the initial direction"),
         "dtype": Field(S, "float64", choices=("float64", "float32")),
         "device": Field(S, "cpu", choices=("cpu", "cuda", "auto")),
+        "compile": Field(B, False, help="the training step's forward, loss and backward through torch.compile "
+                                        "(pays for large n; seconds to compile; the probes stay eager)"),
     },
     "optim": {
         "loss": Field(S, "square", choices=("square", "logistic")),

@@ -149,6 +149,7 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     diverged, snapshot = _Divergence(model), _Snapshot(model)
     layout = snapshot.layout
     hessian_at = functools.partial(hvp_at, model, X, y, loss_fn)
+    objective = _objective(model, loss_fn, cfg["model"]["compile"])
     start = checkpoint.restore(run_dir, parts) if resume else 0
 
     # The reference map, chunk by chunk: to theory.csv and theory.json (a new run) and to the
@@ -174,7 +175,7 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
                     break
             rows = batches.next()  # None: the full batch
             optimizer.zero_grad()
-            loss = loss_fn(model(X), y) if rows is None else loss_fn(model(X[rows]), y[rows])
+            loss = objective(X, y) if rows is None else objective(X[rows], y[rows])
             loss.backward()
             logged = step % every == 0 or step == steps - 1
             if logged:  # w_t, alpha_t, beta_t and the step size in force, before the in-place update
@@ -219,6 +220,16 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
         run = analysis.thin(run, summary)  # what the report draws: the full series go before matplotlib comes
         dashboard.finish(run_dir, summary, run)
     return summary
+
+
+def _objective(model, loss_fn, compiled: bool):
+    """The training loss of a batch, (X, y) -> loss: eager, or through torch.compile (model.compile).
+    Compiled, the forward and its backward become a few fused kernels: the same function, equal to
+    the eager one up to the order of floating-point sums. Only this step is compiled: the probes'
+    diagnostic forwards stay eager, the module itself (and its checkpoint) is unchanged."""
+    def objective(X, y):
+        return loss_fn(model(X), y)
+    return torch.compile(objective) if compiled else objective
 
 
 def _full_batch_loss(model, X, y, loss_fn, before: torch.Tensor, layout) -> torch.Tensor:
