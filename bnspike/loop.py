@@ -128,7 +128,13 @@ class _StopOnSignal:
 
 
 def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
-    """Train `cfg` into `run_dir`, or with `resume` continue it from its checkpoint."""
+    """Train `cfg` into `run_dir`, or with `resume` continue it from its checkpoint; refused
+    (CheckpointError) while another process uses `run_dir`, before anything in it is touched."""
+    with checkpoint.locked(run_dir):
+        return _train(cfg, run_dir, resume)
+
+
+def _train(cfg: dict, run_dir: pathlib.Path, resume: bool) -> dict:
     torch.manual_seed(cfg["seed"])
     data = load_data(cfg)
     print(f"bnspike: data {data.description}", flush=True)  # includes a classification label map
