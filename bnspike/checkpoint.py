@@ -10,6 +10,8 @@ and TensorBoard purges events from step S on, so no replayed step shows twice.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -18,6 +20,7 @@ import pathlib
 # module for CheckpointError, and `bnspike theory` must start without torch.
 
 NAME = "checkpoint.pt"
+LOCK = ".lock"
 SUMMARY = "summary.json"
 FORMAT = 2  # 2: bnspike's own SGD (its state holds the schedule's step count)
 
@@ -47,6 +50,28 @@ def save(run_dir: pathlib.Path, step: int, parts: dict, sinks: list) -> None:
     tmp = run_dir / (NAME + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, run_dir / NAME)  # atomic: a kill mid-write leaves the previous checkpoint
+
+
+@contextlib.contextmanager
+def locked(run_dir: pathlib.Path):
+    """Hold run_dir's advisory lock, or refuse at once: one writer per run directory.
+
+    Two processes appending to one metrics.csv and event file (a second `bnspike resume`, or a
+    resume while the run still trains) would interleave rows and truncate each other's. flock
+    locks the open file, so the OS releases it when the holder dies: a killed run stays
+    resumable. The lock file is never removed: a process could still hold it while another
+    locked a new one.
+    """
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"{run_dir}: another bnspike process is using this run directory (it holds "
+                                  f"{run_dir / LOCK}); let it end, or stop it and resume") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_resumable(run_dir: pathlib.Path) -> None:

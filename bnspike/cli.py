@@ -49,8 +49,12 @@ def cmd_train(args) -> int:
     try:
         summary = train(cfg, run_dir)
     except BaseException:
+        # only if training failed before writing anything but the lock file: never lose data.
+        # The directory is this process's own, fresh and unresumable: nobody else holds its lock.
         with contextlib.suppress(OSError):
-            run_dir.rmdir()  # only if training failed before writing anything: never lose data
+            if [p.name for p in run_dir.iterdir()] == [checkpoint.LOCK]:
+                (run_dir / checkpoint.LOCK).unlink()
+            run_dir.rmdir()
         raise
     return outcome(summary, run_dir)
 

@@ -1,10 +1,11 @@
 """What TensorBoard shows beyond the raw scalars: theory overlay, Custom Scalars layout, verdict.
 
 Before training `start` writes the reference trajectory under `theory/<tag>` (same tag names
-as the run, so one chart overlays theory and run) and a Custom Scalars layout, so TensorBoard
-opens on charts that tell the story. After training `finish` adds the analysis as text, the
-analysed steps as single-point marker series `markers/<event>` (valued at the excess loss, so
-they sit on the loss curve), and the report figure as an image.
+as the run, so one chart overlays theory and run); with the first logged step, once the run's
+tags are known, `add_layout` writes a Custom Scalars layout of the charts those tags fill, so
+TensorBoard opens on charts that tell the story. After training `finish` adds the analysis as
+text, the analysed steps as single-point marker series `markers/<event>` (valued at the loss
+curve they are marked on, `marked_curve`), and the report figure as an image.
 """
 from __future__ import annotations
 
@@ -18,63 +19,97 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import custom_scalars
 
-from . import analysis
+from . import analysis, theory
 
 THEORY = "theory/"
 MARKERS = "markers/"
+LIMIT_TAG = THEORY + "stability/limit"  # the limit 2, written with or without a theory
 
 
-def _tags(*names: str) -> list[str]:
-    """Exact-match regexes (the plugin uses re.match: without `$`, loss/train matches loss/train_x)."""
-    return [f"^{re.escape(name)}$" for name in names]
+def marked_curve(tags) -> str:
+    """The loss curve the analysed steps are marked on: the excess loss, or the train loss where
+    the run has no R* (logistic)."""
+    return "loss/excess" if "loss/excess" in tags else "loss/train"
 
 
-def _with_theory(*names: str) -> list[str]:
-    return _tags(*names, *(THEORY + n for n in names))
+def _versus(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A theory-vs-run chart: about the reference, which exists only where the theory models the run."""
+    return (THEORY + name,), (name,)
 
 
-LAYOUT = {
-    "stability": {
-        "eta*sharpness, kappa and the limit 2": _tags(
-            "stability/eta_sharpness", "stability/kappa", THEORY + "stability/limit",
-            THEORY + "stability/kappa_limit"),
-    },
-    "loss": {
-        "train loss and its terms": _tags("loss/train", "loss/excess", "loss/scale_term",
-                                          "loss/direction_term", "loss/bias_term"),
-        "excess loss with the analysed steps": _tags("loss/excess") + [f"^{MARKERS}"],
-    },
-    "theory vs run": {
-        "excess loss": _with_theory("loss/excess"),
-        "kappa": _with_theory("stability/kappa"),
-        "alpha": _with_theory("param/alpha"),
-        "||w||": _with_theory("norm/w"),
-        "sin^2 (misalignment)": _with_theory("align/sin2"),
-    },
-    "geometry": {
-        "norms": _tags("norm/w", "norm/w_sigma"),
-        "alpha and beta": _tags("param/alpha", "param/beta"),
-        "alignment": _tags("align/cos", "align/sin2"),
-        "effective lr eta/||w||^2": _tags("lr/effective"),
-    },
-}
+def _charts(tags) -> dict:
+    """{category: {title: (tags the chart is about, tags drawn with them)}}, every chart a run may get."""
+    curve = marked_curve(tags)
+    return {
+        "stability": {
+            "eta*sharpness, kappa and the limit 2": (
+                ("stability/eta_sharpness", "stability/kappa"),
+                (LIMIT_TAG, THEORY + "stability/kappa_limit")),
+        },
+        "loss": {
+            "train loss and its terms": (("loss/train", "loss/excess", "loss/scale_term",
+                                          "loss/direction_term", "loss/bias_term"), ()),
+            f"{curve} with the analysed steps": ((curve,), (MARKERS,)),
+        },
+        "theory vs run": {
+            "excess loss": _versus("loss/excess"),
+            "kappa": _versus("stability/kappa"),
+            "alpha": _versus("param/alpha"),
+            "||w||": _versus("norm/w"),
+            "sin^2 (misalignment)": _versus("align/sin2"),
+        },
+        "geometry": {
+            "norms": (("norm/w", "norm/w_sigma"), ()),
+            "alpha and beta": (("param/alpha", "param/beta"), ()),
+            "alignment": (("align/cos", "align/sin2"), ()),
+            "effective lr eta/||w||^2": (("lr/effective",), ()),
+        },
+        "margin": {  # logistic loss (probes.Margin)
+            "minimum margin and train accuracy": (("margin/min", "train/accuracy"), ()),
+            "alignment with the max-margin direction": (("align/cos_maxmargin", "align/sin2_maxmargin"), ()),
+        },
+    }
 
 
-def layout() -> dict:
-    """{category: {title: ["Multiline", [tag regexes]]}}, the form add_custom_scalars takes."""
-    return {cat: {title: ["Multiline", tags] for title, tags in charts.items()}
-            for cat, charts in LAYOUT.items()}
+def _regex(name: str) -> str:
+    """Exact match (the plugin uses re.match: without `$`, loss/train matches loss/train_x); the
+    markers as a prefix: which steps get one is known only once the run is analysed."""
+    return f"^{MARKERS}" if name == MARKERS else f"^{re.escape(name)}$"
+
+
+def layout(tags) -> dict:
+    """{category: {title: ["Multiline", [tag regexes]]}}, the form add_custom_scalars takes.
+
+    `tags`: every scalar tag the run writes before its analysis (metrics.csv's columns and the
+    theory/ ones). A chart is left out unless the run logs a tag it is about (the limit 2 alone
+    tells nothing; a theory-vs-run chart is about the theory), and shows only the tags the run
+    has; an empty category is left out.
+    """
+    tags = set(tags)
+    out = {}
+    for category, specs in _charts(tags).items():
+        kept = {title: ["Multiline", [_regex(n) for n in about + drawn if n in tags or n == MARKERS]]
+                for title, (about, drawn) in specs.items() if tags.intersection(about)}
+        if kept:
+            out[category] = kept
+    return out
+
+
+def add_layout(sink, columns, modelled: bool) -> None:
+    """The Custom Scalars layout of the run whose metrics.csv has `columns`, into its TensorBoardSink;
+    `modelled`: the theory's reference is overlaid (start wrote it)."""
+    theory_tags = [THEORY + tag for tag in theory.TAGS] if modelled else []
+    sink.add_summary(custom_scalars(layout([*columns, *theory_tags, LIMIT_TAG])))
 
 
 def start(sink, reference: Iterable[dict[str, np.ndarray]], logged_steps: Iterable[int]) -> None:
-    """Theory scalars at the steps the run will log, plus the layout; written before step 0.
+    """Theory scalars at the steps the run will log; written before step 0.
 
     `sink` is the run's TensorBoardSink: one event per step, one writer per run directory.
     `reference`: the theory's map in chunks of consecutive steps from step 0
     (theory.reference_chunks; none when the theory does not model the run), consumed to the
     end as it comes, so a long run never holds it whole. `logged_steps`: increasing.
     """
-    sink.add_summary(custom_scalars(layout()))
     steps = iter(logged_steps)
     step = next(steps, None)
     for chunk in reference:
@@ -83,11 +118,11 @@ def start(sink, reference: Iterable[dict[str, np.ndarray]], logged_steps: Iterab
         columns = {THEORY + tag: values.tolist() for tag, values in chunk.items() if tag != "step"}
         while step is not None and step < first + size:
             row = {tag: values[step - first] for tag, values in columns.items()}
-            row[THEORY + "stability/limit"] = analysis.LIMIT
+            row[LIMIT_TAG] = analysis.LIMIT
             sink.write(step, row)
             step = next(steps, None)
     while step is not None:  # no theory: the limit alone
-        sink.write(step, {THEORY + "stability/limit": analysis.LIMIT})
+        sink.write(step, {LIMIT_TAG: analysis.LIMIT})
         step = next(steps, None)
     sink.flush()
 
@@ -102,7 +137,7 @@ def finish(run_dir: pathlib.Path, summary: dict, run: tuple[dict, dict, dict]) -
     writer = SummaryWriter(log_dir=str(run_dir))  # the training writer is closed: one at a time
     try:
         writer.add_text("analysis", analysis.table(summary))
-        curve = "loss/excess" if "loss/excess" in measured else "loss/train"  # logistic: no R*
+        curve = marked_curve(measured)
         for name, step in analysis.events(summary).items():
             writer.add_scalar(MARKERS + name, analysis.value_at(measured, curve, step), step)
         writer.file_writer.add_summary(_image("report", path.read_bytes()))

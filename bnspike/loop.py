@@ -128,7 +128,13 @@ class _StopOnSignal:
 
 
 def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
-    """Train `cfg` into `run_dir`, or with `resume` continue it from its checkpoint."""
+    """Train `cfg` into `run_dir`, or with `resume` continue it from its checkpoint; refused
+    (CheckpointError) while another process uses `run_dir`, before anything in it is touched."""
+    with checkpoint.locked(run_dir):
+        return _train(cfg, run_dir, resume)
+
+
+def _train(cfg: dict, run_dir: pathlib.Path, resume: bool) -> dict:
     torch.manual_seed(cfg["seed"])
     data = load_data(cfg)
     print(f"bnspike: data {data.description}", flush=True)  # includes a classification label map
@@ -165,6 +171,7 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     dashboard.start(sinks[0], reference, (t for t in range(start, steps) if t % every == 0 or t == steps - 1))
     progress = Progress(steps, cfg["log"]["progress"], initial=start)
     outcome = {"status": "finished"}
+    layout_due = True
     stop = _StopOnSignal()
     try:
         for step in range(start, steps):
@@ -201,6 +208,9 @@ def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
             row = _gather(scalars)
             for sink in sinks:
                 sink.write(step, row)
+            if layout_due:  # the run's tags are known now: metrics.csv's columns, fixed by its first row
+                dashboard.add_layout(sinks[0], sinks[1].columns, modelled=problem is not None)
+                layout_due = False
             progress.update(step, row["loss/train"])
     finally:
         stop.restore()

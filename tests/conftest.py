@@ -37,7 +37,11 @@ def sin2_roundoff(sin2, d: int):
 
 def run_config(tmp_path_factory, name: str, *overrides: str) -> Run:
     cfg = config.load(CONFIGS / name, ["log.progress=none", *overrides])
-    run_dir = tmp_path_factory.mktemp(pathlib.Path(name).stem)
+    # alone in its parent: a TensorBoard on run_dir.parent (tests.tbserver) serves this run's layout,
+    # not one merged with the layouts of every other run the session trained
+    stem = pathlib.Path(name).stem
+    run_dir = tmp_path_factory.mktemp(stem) / stem
+    run_dir.mkdir()
     return Run(run_dir, cfg, train(cfg, run_dir))
 
 

@@ -20,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bnspike import checkpoint, cli, config
 from bnspike.loop import train
+from bnspike.probes import Probe
 from bnspike.sinks import read_metrics
 from tests.conftest import CONFIGS, ROOT, assert_same_metrics
 
@@ -190,3 +191,57 @@ def test_checkpoint_with_missing_metrics_rows_is_refused(reference, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="shorter than the .* bytes flushed at the checkpoint "
                                                          r"\(step 20\); logged rows are missing"):
         train(config.load(run_dir / "config.yaml"), run_dir, resume=True)
+
+
+def files(run_dir) -> dict:
+    """Every file of a run directory, name -> bytes."""
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir())}
+
+
+class ResumesMidRun(Probe):
+    """At step 15, with the step-10 checkpoint on disk, runs `bnspike resume` on the run it is
+    probing (a second writer while the first trains) and keeps its exit code and the files
+    before and after it."""
+    run_dir = None
+    seen: dict = {}
+
+    def __call__(self, state):
+        if state.step == 15:
+            before = files(self.run_dir)
+            ResumesMidRun.seen = {"code": cli.main(["resume", str(self.run_dir)]),
+                                  "before": before, "after": files(self.run_dir)}
+        return {}
+
+
+def test_resume_while_the_run_trains_is_refused_and_touches_nothing(tmp_path, capsys):
+    ResumesMidRun.run_dir, ResumesMidRun.seen = tmp_path, {}
+    summary = train(config.load(SPIKE, BASE + ["optim.steps=30", "checkpoint.every=10",
+                                               "probes.extra=['tests.test_resume:ResumesMidRun']"]), tmp_path)
+    seen = ResumesMidRun.seen
+    assert seen["code"] == 2
+    assert f"bnspike: error: {tmp_path}: another bnspike process is using this run directory" in capsys.readouterr().err
+    assert {"metrics.csv", checkpoint.NAME, checkpoint.LOCK} <= set(seen["before"]) and seen["after"] == seen["before"]
+    # the first writer went on undisturbed
+    assert summary["status"] == "finished" and read_metrics(tmp_path / "metrics.csv")["step"].tolist() == list(range(30))
+
+
+def test_run_directory_locked_by_another_process_is_refused_until_that_process_dies(tmp_path, capsys):
+    train(config.load(SPIKE, BASE + ["optim.steps=30", "checkpoint.every=20"]), tmp_path)
+    (tmp_path / "summary.json").unlink()  # as if killed after its step-20 checkpoint
+    holder = subprocess.Popen([sys.executable, "-c", "import pathlib, sys\nfrom bnspike import checkpoint\n"
+                               f"with checkpoint.locked(pathlib.Path({str(tmp_path)!r})):\n"
+                               "    print('locked', flush=True)\n    sys.stdin.read()"],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = files(tmp_path)
+        assert cli.main(["resume", str(tmp_path)]) == 2
+        assert f"{tmp_path}: another bnspike process is using this run directory" in capsys.readouterr().err
+        assert files(tmp_path) == before
+    finally:
+        holder.kill()  # SIGKILL: no cleanup, the OS releases the lock
+        holder.wait()
+    assert cli.main(["resume", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumed_from_step"] == 20
+    assert read_metrics(tmp_path / "metrics.csv")["step"].tolist() == list(range(30))
