@@ -171,7 +171,7 @@ def _train(cfg: dict, run_dir: pathlib.Path, resume: bool) -> dict:
     dashboard.start(sinks[0], reference, (t for t in range(start, steps) if t % every == 0 or t == steps - 1))
     progress = Progress(steps, cfg["log"]["progress"], initial=start)
     outcome = {"status": "finished"}
-    layout_due = True
+    charts_due = True
     stop = _StopOnSignal()
     try:
         for step in range(start, steps):
@@ -208,9 +208,9 @@ def _train(cfg: dict, run_dir: pathlib.Path, resume: bool) -> dict:
             row = _gather(scalars)
             for sink in sinks:
                 sink.write(step, row)
-            if layout_due:  # the run's tags are known now: metrics.csv's columns, fixed by its first row
+            if charts_due:  # the run's tags are known now: metrics.csv's columns, fixed by its first row
                 dashboard.add_layout(sinks[0], sinks[1].columns, modelled=problem is not None)
-                layout_due = False
+                charts_due = False
             progress.update(step, row["loss/train"])
     finally:
         stop.restore()
