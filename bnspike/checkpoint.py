@@ -76,6 +76,9 @@ def locked(run_dir: pathlib.Path):
 
 def check_resumable(run_dir: pathlib.Path) -> None:
     """Refuse a run that finished or diverged, or that never reached its first checkpoint."""
+    if not (run_dir / "config.yaml").is_file():
+        what = "no such directory" if not run_dir.exists() else "no config.yaml here"
+        raise CheckpointError(f"{run_dir}: {what}; is it a bnspike run directory?")
     summary = run_dir / SUMMARY
     status = json.loads(summary.read_text()).get("status") if summary.is_file() else None
     if status == "finished":

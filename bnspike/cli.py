@@ -44,7 +44,7 @@ def cmd_train(args) -> int:
     from .loop import train  # torch import deferred so config errors print instantly
 
     cfg = config.load(args.config, args.overrides)
-    run_dir = claim_run_dir(args.run_dir) if args.run_dir else new_run_dir(args.runs_root, cfg["name"])
+    run_dir = args.run_dir = claim_run_dir(args.run_dir) if args.run_dir else new_run_dir(args.runs_root, cfg["name"])
     print(f"bnspike: run directory {run_dir}", flush=True)
     try:
         summary = train(cfg, run_dir)
@@ -150,8 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bnspike: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint for the step in progress
-        print("bnspike: aborted; `bnspike resume` continues from the last checkpoint", file=sys.stderr)
+        print(f"bnspike: aborted{_what_is_left(getattr(args, 'run_dir', None))}", file=sys.stderr)
         return 130
+
+
+def _what_is_left(run_dir: pathlib.Path | None) -> str:
+    """After an abort: whether `bnspike resume` has a checkpoint to continue from."""
+    if run_dir is None or not run_dir.is_dir():
+        return ""  # nothing was started, or train removed its empty directory
+    if (run_dir / checkpoint.NAME).is_file():
+        return f"; `bnspike resume {shlex.quote(str(run_dir))}` continues from its last checkpoint"
+    return f"; no checkpoint was written, nothing to resume: delete {shlex.quote(str(run_dir))} and train again"
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ curve they are marked on, `marked_curve`), and the report figure as an image.
 """
 from __future__ import annotations
 
+import math
 import pathlib
 import re
 import struct
@@ -16,10 +17,10 @@ from typing import Iterable
 
 import numpy as np
 from tensorboard.compat.proto.summary_pb2 import Summary
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import custom_scalars
+from torch.utils.tensorboard.summary import custom_scalars, text
 
 from . import analysis, theory
+from .sinks import TensorBoardSink
 
 THEORY = "theory/"
 MARKERS = "markers/"
@@ -134,15 +135,17 @@ def finish(run_dir: pathlib.Path, summary: dict, run: tuple[dict, dict, dict]) -
 
     measured = run[0]
     path, _ = report.write(run_dir, summary, run)
-    writer = SummaryWriter(log_dir=str(run_dir))  # the training writer is closed: one at a time
+    # one more event file, after the training one in name order (readers replay files in that order)
+    sink = TensorBoardSink(run_dir, flush_secs=math.inf)
     try:
-        writer.add_text("analysis", analysis.table(summary))
+        sink.add_summary(text("analysis", analysis.table(summary)))
         curve = marked_curve(measured)
         for name, step in analysis.events(summary).items():
-            writer.add_scalar(MARKERS + name, analysis.value_at(measured, curve, step), step)
-        writer.file_writer.add_summary(_image("report", path.read_bytes()))
+            value = analysis.value_at(measured, curve, step)
+            sink.add_summary(Summary(value=[Summary.Value(tag=MARKERS + name, simple_value=value)]), step)
+        sink.add_summary(_image("report", path.read_bytes()))
     finally:
-        writer.close()
+        sink.close()
 
 
 def _image(tag: str, png: bytes) -> Summary:

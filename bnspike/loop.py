@@ -102,17 +102,23 @@ class _Divergence:
 
 
 class _StopOnSignal:
-    """SIGINT/SIGTERM only set `self.signal`: the loop finishes the step, checkpoints, stops.
+    """While in its `with` block, SIGINT/SIGTERM only set `self.signal`: the loop finishes the
+    step, checkpoints, stops. Installed before the data load and the theory map, so a signal
+    there stops the run at its first step with a checkpoint of the initial state (resumable).
 
     A second signal gets the previous handler (Ctrl-C twice aborts at once). Handlers can only
     be installed from the main thread; elsewhere signals keep their usual effect.
     """
 
-    def __init__(self):
+    def __enter__(self) -> "_StopOnSignal":
         self.signal: str | None = None
         main = threading.current_thread() is threading.main_thread()
         signals = (signal.SIGINT, signal.SIGTERM) if main else ()
         self.previous = {s: signal.signal(s, self._handle) for s in signals}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def _handle(self, signum, frame) -> None:
         if self.signal is None:
@@ -130,11 +136,11 @@ class _StopOnSignal:
 def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     """Train `cfg` into `run_dir`, or with `resume` continue it from its checkpoint; refused
     (CheckpointError) while another process uses `run_dir`, before anything in it is touched."""
-    with checkpoint.locked(run_dir):
-        return _train(cfg, run_dir, resume)
+    with checkpoint.locked(run_dir), _StopOnSignal() as stop:
+        return _train(cfg, run_dir, resume, stop)
 
 
-def _train(cfg: dict, run_dir: pathlib.Path, resume: bool) -> dict:
+def _train(cfg: dict, run_dir: pathlib.Path, resume: bool, stop: _StopOnSignal) -> dict:
     torch.manual_seed(cfg["seed"])
     data = load_data(cfg)
     print(f"bnspike: data {data.description}", flush=True)  # includes a classification label map
@@ -172,7 +178,6 @@ def _train(cfg: dict, run_dir: pathlib.Path, resume: bool) -> dict:
     progress = Progress(steps, cfg["log"]["progress"], initial=start)
     outcome = {"status": "finished"}
     charts_due = True
-    stop = _StopOnSignal()
     try:
         for step in range(start, steps):
             if stop.signal or (checkpoint_every and step % checkpoint_every == 0):
@@ -213,7 +218,6 @@ def _train(cfg: dict, run_dir: pathlib.Path, resume: bool) -> dict:
                 charts_due = False
             progress.update(step, row["loss/train"])
     finally:
-        stop.restore()
         progress.close()
         for sink in sinks:
             sink.close()

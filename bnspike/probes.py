@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from . import hessian, losses
+from .config import ConfigError
 from .data import separable
 from .model import forward_at
 
@@ -236,7 +237,7 @@ class Sharpness(Probe):
         self.generator = torch.Generator(device=run.device).manual_seed(run.cfg["seed"])
         closed = run.cfg["model"]["kind"] == "bn_linear" and run.cfg["optim"]["loss"] == "square"
         if pc["sharpness_method"] == "closed_form" and not closed:
-            raise ValueError("probes.sharpness_method: closed_form exists only for model.kind=bn_linear "
+            raise ConfigError("probes.sharpness_method: closed_form exists only for model.kind=bn_linear "
                              "with optim.loss=square; use auto or autograd")
         self.closed_form = None
         if pc["sharpness_method"] == "closed_form" or (pc["sharpness_method"] == "auto" and closed):
@@ -360,14 +361,15 @@ def load_probe(spec: str) -> Probe:
     """'package.module:ClassName' -> an instance (the class is called with no arguments)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"probes.extra: {spec!r} must look like 'package.module:ClassName'")
+        raise ConfigError(f"probes.extra: {spec!r} must look like 'package.module:ClassName'")
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise ValueError(f"probes.extra: cannot load {spec!r}: {e}") from None
+        hint = " (is its package importable: installed, or on PYTHONPATH?)" if isinstance(e, ImportError) else ""
+        raise ConfigError(f"probes.extra: cannot load {spec!r}: {e}{hint}") from None
     probe = obj()
     if not callable(probe):
-        raise ValueError(f"probes.extra: {spec!r} is not callable on a StepState")
+        raise ConfigError(f"probes.extra: {spec!r} is not callable on a StepState")
     return probe
 
 

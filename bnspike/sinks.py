@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import csv
+import itertools
 import math
 import os
 import pathlib
@@ -31,7 +32,6 @@ import time
 import numpy as np
 from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.summary.writer import event_file_writer
 
 METRICS = "metrics.csv"
 FLUSH_ROWS = 4096  # bounds the buffered steps, hence memory, whatever flush_secs is
@@ -55,10 +55,13 @@ class _CRC32C:
     With register r, one byte b updates r -> (r >> 8) ^ T[(r ^ b) & 255]: linear over GF(2).
     So crc(data) = Z[L] ^ XOR_i S[L-1-i][data[i]] ^ 0xFFFFFFFF, where S[k][b] is the register
     after byte b then k zero bytes from r = 0, and Z[L] the register after L zero bytes from
-    the standard start 0xFFFFFFFF. Tables grow on demand to the longest record seen.
+    the standard start 0xFFFFFFFF. Tables grow on demand to the longest record seen, up to
+    LONG bytes (1 KiB of table per byte); a longer record (the report image, a layout) is rare
+    and takes the byte-at-a-time loop.
     """
 
     CHUNK = 256  # records per numpy pass: bounds the temporary index arrays (~13 bytes per input byte)
+    LONG = 4096
 
     def __init__(self):
         self.T = _byte_table()
@@ -96,11 +99,22 @@ class _CRC32C:
         out = np.empty(len(records), dtype=np.uint32)
         by_length: dict[int, list[int]] = {}
         for i, r in enumerate(records):
-            by_length.setdefault(len(r), []).append(i)
+            if len(r) > self.LONG:
+                out[i] = self._masked_one(r)
+            else:
+                by_length.setdefault(len(r), []).append(i)
         for length, idx in by_length.items():
             data = np.frombuffer(b"".join(records[i] for i in idx), dtype=np.uint8).reshape(len(idx), length)
             out[idx] = self.masked_rows(data)
         return out.tolist()
+
+
+    def _masked_one(self, record: bytes) -> int:
+        table, r = self.T.tolist(), 0xFFFFFFFF
+        for b in record:
+            r = (r >> 8) ^ table[(r ^ b) & 255]
+        crc = r ^ 0xFFFFFFFF
+        return ((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF
 
 
 def _varint(n: int) -> bytes:
@@ -158,6 +172,9 @@ class _Rows:
         self.file.close()
 
 
+_FILE_NUMBERS = itertools.count()  # this process's event files, in the order they are opened
+
+
 class TensorBoardSink(_Rows):
     def __init__(self, run_dir: pathlib.Path, flush_secs: float, purge_step: int | None = None):
         super().__init__(flush_secs)
@@ -167,10 +184,10 @@ class TensorBoardSink(_Rows):
             # with its creation second: start a new second so this file sorts after the old ones.
             old = [int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*")]
             time.sleep(max(0.0, max(old, default=0) + 1 - time.time()))
-        # SummaryWriter's naming, numbered from ITS counter: a SummaryWriter opened later in this
-        # process and second (the end-of-run dashboard) gets the next number, never this name
-        name = "events.out.tfevents.%010d.%s.%s.%d" % (time.time(), socket.gethostname(), os.getpid(),
-                                                       event_file_writer._global_uid.get())
+        # SummaryWriter's naming, but the file number zero-padded: readers take files in name
+        # order, and an unpadded 10 would sort before a 9 opened in the same second (in-process sweeps)
+        name = "events.out.tfevents.%010d.%s.%s.%06d" % (time.time(), socket.gethostname(), os.getpid(),
+                                                         next(_FILE_NUMBERS))
         self.path = pathlib.Path(run_dir) / name
         self.file = open(self.path, "xb")  # "x": never overwrite
         self.crc = _CRC32C()

@@ -73,3 +73,24 @@ def test_make_train_passes_config_and_args(tmp_path):
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr_w"] == 0.2
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 7
+
+
+def test_a_probe_that_cannot_be_imported_is_a_config_error(tmp_path, capsys):
+    from bnspike import cli
+    run_dir = tmp_path / "r"
+    code = cli.main(["train", str(CONFIGS / "whitened_spike.yaml"), "probes.extra=['mypackage.probes:WeightMax']",
+                     "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "probes.extra: cannot load 'mypackage.probes:WeightMax': No module named 'mypackage'" in err
+    assert "PYTHONPATH" in err and not run_dir.exists()  # nothing was written: the fresh directory is gone
+
+
+@pytest.mark.parametrize("make", [False, True])
+def test_resume_of_a_directory_that_is_not_a_run_says_so(tmp_path, capsys, make):
+    from bnspike import cli
+    run_dir = tmp_path / "not-a-run"
+    if make:
+        run_dir.mkdir()
+    assert cli.main(["resume", str(run_dir)]) == 2
+    expected = "no config.yaml here" if make else "no such directory"
+    assert f"{run_dir}: {expected}; is it a bnspike run directory?" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bnspike import checkpoint, cli, config
+from bnspike import checkpoint, cli, config, theory
 from bnspike.loop import train
 from bnspike.probes import Probe
 from bnspike.sinks import read_metrics
@@ -85,6 +85,42 @@ def test_signal_at_random_step_checkpoints_then_resume_is_bit_identical(referenc
     monkeypatch.delenv("BNSPIKE_TEST_SIGNAL")
     assert cli.main(["resume", str(run_dir)]) == 0
     assert_identical_to_reference(run_dir, reference)
+
+
+def test_signal_before_step_0_leaves_a_resumable_run(reference, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the theory map is computed (seconds, for a long run): the run stops at its
+    first step with a checkpoint of the initial state, says so, and resumes to the same run."""
+    save = theory.save
+
+    def interrupted_save(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(theory, "save", interrupted_save)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", str(SPIKE), *BASE, "--run-dir", str(run_dir)]) == 130
+    assert f"continue with: bnspike resume {run_dir}" in capsys.readouterr().err
+    assert json.loads((run_dir / "summary.json").read_text())["stopped"] == {"step": 0, "signal": "SIGINT"}
+    assert torch.load(run_dir / checkpoint.NAME, weights_only=True)["step"] == 0
+    monkeypatch.undo()
+    assert cli.main(["resume", str(run_dir)]) == 0
+    assert (run_dir / "metrics.csv").read_bytes() == (reference / "metrics.csv").read_bytes()
+    assert scalars(run_dir) == scalars(reference)
+
+
+def test_abort_before_any_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C twice during the theory map: no checkpoint exists, and the message says so."""
+    save = theory.save
+
+    def aborted_save(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(theory, "save", aborted_save)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", str(SPIKE), *BASE, "--run-dir", str(run_dir)]) == 130
+    assert f"no checkpoint was written, nothing to resume: delete {run_dir}" in capsys.readouterr().err
 
 
 def test_resume_keeps_minibatch_order_momentum_and_schedule(tmp_path, monkeypatch):
@@ -167,6 +203,7 @@ def test_same_config_and_seed_give_identical_metrics(reference, tmp_path):
 def test_resume_refuses_finished_and_diverged_runs_and_missing_checkpoints(reference, tmp_path, capsys):
     assert cli.main(["resume", str(reference)]) == 2
     assert "already finished" in capsys.readouterr().err
+    (tmp_path / "config.yaml").write_bytes((reference / "config.yaml").read_bytes())
     (tmp_path / "summary.json").write_text('{"status": "diverged"}')
     assert cli.main(["resume", str(tmp_path)]) == 2
     assert "diverged; resuming would repeat it" in capsys.readouterr().err

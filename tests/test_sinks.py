@@ -69,7 +69,7 @@ def records(path):
 
 def test_batched_crc_equals_tensorboards():
     rng = np.random.default_rng(0)
-    lengths = [0, 1, 7, 8, 9, 255, 256, 1000, 3000] + [37] * 600  # several chunks of one length
+    lengths = [0, 1, 7, 8, 9, 255, 256, 1000, 3000, 4096, 4097, 50_000] + [37] * 600  # chunks of one length; long records
     data = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths]
     assert sinks._CRC32C().masked(data) == [masked_crc32c(d) for d in data]
 
