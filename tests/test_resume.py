@@ -87,18 +87,24 @@ def test_signal_at_random_step_checkpoints_then_resume_is_bit_identical(referenc
     assert_identical_to_reference(run_dir, reference)
 
 
-def test_signal_before_step_0_leaves_a_resumable_run(reference, tmp_path, monkeypatch, capsys):
-    """Ctrl-C while the theory map is computed (seconds, for a long run): the run stops at its
-    first step with a checkpoint of the initial state, says so, and resumes to the same run."""
+def train_with_ctrl_c_during_theory_map(monkeypatch, run_dir, times: int) -> int:
+    """`bnspike train` with SIGINT sent `times` times as the theory map starts (before step 0)."""
     save = theory.save
 
     def interrupted_save(*args, **kwargs):
-        signal.raise_signal(signal.SIGINT)
+        for _ in range(times):
+            signal.raise_signal(signal.SIGINT)
         return save(*args, **kwargs)
 
     monkeypatch.setattr(theory, "save", interrupted_save)
+    return cli.main(["train", str(SPIKE), *BASE, "--run-dir", str(run_dir)])
+
+
+def test_signal_before_step_0_leaves_a_resumable_run(reference, tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the theory map is computed (seconds, for a long run): the run stops at its
+    first step with a checkpoint of the initial state, says so, and resumes to the same run."""
     run_dir = tmp_path / "run"
-    assert cli.main(["train", str(SPIKE), *BASE, "--run-dir", str(run_dir)]) == 130
+    assert train_with_ctrl_c_during_theory_map(monkeypatch, run_dir, times=1) == 130
     assert f"continue with: bnspike resume {run_dir}" in capsys.readouterr().err
     assert json.loads((run_dir / "summary.json").read_text())["stopped"] == {"step": 0, "signal": "SIGINT"}
     assert torch.load(run_dir / checkpoint.NAME, weights_only=True)["step"] == 0
@@ -110,16 +116,8 @@ def test_signal_before_step_0_leaves_a_resumable_run(reference, tmp_path, monkey
 
 def test_abort_before_any_checkpoint_says_there_is_nothing_to_resume(tmp_path, monkeypatch, capsys):
     """Ctrl-C twice during the theory map: no checkpoint exists, and the message says so."""
-    save = theory.save
-
-    def aborted_save(*args, **kwargs):
-        signal.raise_signal(signal.SIGINT)
-        signal.raise_signal(signal.SIGINT)
-        return save(*args, **kwargs)
-
-    monkeypatch.setattr(theory, "save", aborted_save)
     run_dir = tmp_path / "run"
-    assert cli.main(["train", str(SPIKE), *BASE, "--run-dir", str(run_dir)]) == 130
+    assert train_with_ctrl_c_during_theory_map(monkeypatch, run_dir, times=2) == 130
     assert f"no checkpoint was written, nothing to resume: delete {run_dir}" in capsys.readouterr().err
 
 
