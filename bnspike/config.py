@@ -96,6 +96,9 @@ SCHEMA: dict[str, Any] = {
         "w0_seed": Field(I, 1, min=0, help="numpy seed of the initial direction"),
         "dtype": Field(S, "float64", choices=("float64", "float32")),
         "device": Field(S, "cpu", choices=("cpu", "cuda", "auto")),
+        "threads": Field(I, 1, min=0, help="torch threads while training; 1: the same rounding on every "
+                                           "machine (the spike grows from round-off) and fastest at these sizes; "
+                                           "0: torch's default"),
         "compile": Field(B, False, help="the training step's forward, loss and backward through torch.compile "
                                         "(pays for large n; seconds to compile; the probes stay eager)"),
     },

@@ -14,6 +14,7 @@ completes, then a checkpoint; `bnspike resume` continues); summary.json's `stopp
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -136,8 +137,22 @@ class _StopOnSignal:
 def train(cfg: dict, run_dir: pathlib.Path, resume: bool = False) -> dict:
     """Train `cfg` into `run_dir`, or with `resume` continue it from its checkpoint; refused
     (CheckpointError) while another process uses `run_dir`, before anything in it is touched."""
-    with checkpoint.locked(run_dir), _StopOnSignal() as stop:
+    with checkpoint.locked(run_dir), _StopOnSignal() as stop, _threads(cfg["model"]["threads"]):
         return _train(cfg, run_dir, resume, stop)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """torch's intra-op threads for the run (0: leave torch's default), put back after. A
+    reduction split over threads sums in another order, and the unstable direction grows from
+    that round-off: with one thread a run logs the same numbers on any core count."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _train(cfg: dict, run_dir: pathlib.Path, resume: bool, stop: _StopOnSignal) -> dict:

@@ -15,6 +15,7 @@ from bnspike import cli, config, data
 from bnspike.loop import _Divergence, _gather, train
 from bnspike.model import build_model
 from bnspike.optim import build_optimizer
+from bnspike.probes import Probe
 from bnspike.sinks import read_metrics
 from tests.conftest import CONFIGS, ROOT, assert_same_metrics
 from tests.test_resume import scalars
@@ -181,3 +182,26 @@ def test_make_from_a_directory_with_spaces(tmp_path):
     proc = subprocess.run(["make", "-n", "-o", "my venv/bin/.installed", "tensorboard", "VENV=my venv",
                            "LOGDIR=runs/my run"], cwd=checkout, capture_output=True, text=True)
     assert proc.returncode == 0 and '"my venv/bin/tensorboard" --logdir "runs/my run"' in proc.stdout
+
+
+class ThreadCount(Probe):
+    """Records torch's thread count as the probes see it during training."""
+    seen: list[int] = []
+
+    def __call__(self, state):
+        ThreadCount.seen.append(torch.get_num_threads())
+        return {}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_model_threads_holds_while_training_and_is_put_back(tmp_path, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        ThreadCount.seen.clear()
+        cfg = config.load(CONFIGS / "whitened_spike.yaml", ["optim.steps=5", "log.progress=none", f"model.threads={threads}",
+                                                            "probes.extra=['tests.test_robust:ThreadCount']"])
+        train(cfg, tmp_path)
+        assert ThreadCount.seen == [threads] * 5 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
