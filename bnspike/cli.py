@@ -55,6 +55,7 @@ def cmd_train(args) -> int:
             if [p.name for p in run_dir.iterdir()] == [checkpoint.LOCK]:
                 (run_dir / checkpoint.LOCK).unlink()
             run_dir.rmdir()
+            print(f"bnspike: nothing was written; removed {run_dir}", file=sys.stderr)
         raise
     return outcome(summary, run_dir)
 

@@ -83,6 +83,7 @@ def test_a_probe_that_cannot_be_imported_is_a_config_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "probes.extra: cannot load 'mypackage.probes:WeightMax': No module named 'mypackage'" in err
     assert "PYTHONPATH" in err and not run_dir.exists()  # nothing was written: the fresh directory is gone
+    assert f"nothing was written; removed {run_dir}" in err
 
 
 @pytest.mark.parametrize("make", [False, True])
