@@ -92,7 +92,7 @@ class _CRC32C:
                 terms = np.take(self.S.ravel(), data[start:start + self.CHUNK] + rows)
                 out[start:start + self.CHUNK] = np.bitwise_xor.reduce(terms, axis=1) ^ self.Z[length] ^ np.uint32(0xFFFFFFFF)
             crc = out.astype(np.uint64)
-        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF).astype(np.uint32)
+        return _mask(crc).astype(np.uint32)
 
     def masked(self, records: list[bytes]) -> list[int]:
         """TFRecord's masked CRC-32C of each record."""
@@ -108,13 +108,18 @@ class _CRC32C:
             out[idx] = self.masked_rows(data)
         return out.tolist()
 
-
     def _masked_one(self, record: bytes) -> int:
+        """One long record, byte by byte (the register update of the class docstring)."""
         table, r = self.T.tolist(), 0xFFFFFFFF
         for b in record:
             r = (r >> 8) ^ table[(r ^ b) & 255]
-        crc = r ^ 0xFFFFFFFF
-        return ((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF
+        return _mask(r ^ 0xFFFFFFFF)
+
+
+def _mask(crc):
+    """TFRecord's CRC mask (rotate right by 15, add a constant), on 32-bit values held in wider
+    integers: a Python int or a uint64 array."""
+    return ((crc >> 15) | (crc << 17)) + 0xA282EAD8 & 0xFFFFFFFF
 
 
 def _varint(n: int) -> bytes:

@@ -18,14 +18,15 @@ def test_compiled_step_logs_the_eager_run_to_roundoff(default_run, tmp_path_fact
     assert list(compiled.metrics) == list(eager.metrics)
     cross = eager.summary["first_kappa_above_2"]
     assert cross == compiled.summary["first_kappa_above_2"] == 90
-    def early(run, tag):
+
+    def early(run, tag):  # the stable descent, before the crossing
         return np.asarray(run.metrics[tag][:cross])
 
     for tag in eager.metrics:
         x, y = early(eager, tag), early(compiled, tag)
         scale = np.abs(x).max()
         if tag == "grad/cos_w":  # a ratio of two vanishing numbers: compare the radial component
-            x, y = x * early(eager, "grad/norm_w"), y * early(compiled, "grad/norm_w")  # <w, grad>/|w|,
+            x, y = x * early(eager, "grad/norm_w"), y * early(compiled, "grad/norm_w")  # <w, grad>/|w|
             scale = early(eager, "grad/norm_w").max()  # on the gradient's own scale
         np.testing.assert_allclose(y, x, rtol=0, atol=1e-13 * scale, err_msg=tag)
     a, b = eager.summary["measured"], compiled.summary["measured"]
